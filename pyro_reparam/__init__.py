@@ -6,6 +6,7 @@
 """
 
 from pyro_reparam import distributions
+from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import (
     Family,
     Kind,
@@ -17,18 +18,34 @@ from pyro_reparam.families import (
     reparam_kind,
     require_rsample,
 )
+from pyro_reparam.gradients import (
+    GradientStats,
+    compare_estimators,
+    format_comparison,
+    gradient_variance,
+)
+from pyro_reparam.routing import RoutingPlan, SiteRoute, check_elbo, route
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Family",
+    "GradientStats",
     "Kind",
     "NotReparameterizedError",
     "ReparamInfo",
+    "RoutingPlan",
+    "ScoreFunctionELBO",
+    "SiteRoute",
+    "check_elbo",
+    "compare_estimators",
     "declare",
     "distributions",
     "families_table",
+    "format_comparison",
+    "gradient_variance",
     "reparam_info",
     "reparam_kind",
     "require_rsample",
+    "route",
 ]

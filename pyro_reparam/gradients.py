@@ -1,0 +1,174 @@
+"""Measure gradient estimators: per-parameter mean, variance and signal-to-noise ratio.
+
+For a parameter vector ``phi`` and ``N`` independent gradient draws ``g_1..g_N`` of an ELBO
+estimator, we report the mean ``m``, the elementwise variance ``v`` (unbiased), the SNR
+``|m| / sqrt(v)``, and the totals ``tr Cov = sum v`` and the relative variance
+``tr Cov / |m|^2`` (scale-free: comparable across problems).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO
+
+
+@dataclass
+class ParamGradStats:
+    """Gradient statistics of one parameter over ``num_draws`` draws (tensors of its shape)."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    num_draws: int
+
+    @property
+    def snr(self) -> torch.Tensor:
+        return self.mean.abs() / self.variance.sqrt().clamp(min=1e-30)
+
+    @property
+    def standard_error(self) -> torch.Tensor:
+        """Monte Carlo standard error of ``mean``."""
+        return (self.variance / self.num_draws).sqrt()
+
+
+@dataclass
+class GradientStats:
+    """Per-parameter :class:`ParamGradStats` and their totals."""
+
+    params: dict[str, ParamGradStats]
+    num_draws: int
+    evaluations_per_draw: int
+
+    @property
+    def trace_cov(self) -> float:
+        return sum(p.variance.sum().item() for p in self.params.values())
+
+    @property
+    def mean_sq_norm(self) -> float:
+        return sum(p.mean.pow(2).sum().item() for p in self.params.values())
+
+    @property
+    def relative_variance(self) -> float:
+        """``tr Cov / |mean|^2``; note ``|mean|^2`` is itself estimated from the draws."""
+        return self.trace_cov / max(self.mean_sq_norm, 1e-300)
+
+    @property
+    def snr(self) -> float:
+        """Overall signal-to-noise ratio ``|mean| / sqrt(tr Cov)``."""
+        return math.sqrt(self.mean_sq_norm / max(self.trace_cov, 1e-300))
+
+    def __str__(self) -> str:
+        lines = [f"{'param':<32}{'|mean|':>12}{'tr var':>12}{'mean SNR':>10}"]
+        for name, p in self.params.items():
+            lines.append(
+                f"{name:<32}{p.mean.norm().item():>12.4g}{p.variance.sum().item():>12.4g}"
+                f"{p.snr.mean().item():>10.3g}"
+            )
+        lines.append(
+            f"total: tr Cov {self.trace_cov:.4g}, |mean|^2 {self.mean_sq_norm:.4g}, "
+            f"relative variance {self.relative_variance:.4g} ({self.num_draws} draws)"
+        )
+        return "\n".join(lines)
+
+
+def _selector(params) -> Callable[[str], bool]:
+    if params is None:
+        return lambda name: not name.startswith("_pyro_reparam.")
+    if isinstance(params, str):
+        return lambda name: name.startswith(params)
+    if callable(params):
+        return params
+    names = set(params)
+    return lambda name: name in names
+
+
+def gradient_variance(
+    model: Callable,
+    guide: Callable,
+    elbo: ELBO,
+    *args,
+    num_draws: int = 100,
+    params: Iterable[str] | str | Callable[[str], bool] | None = None,
+    **kwargs,
+) -> GradientStats:
+    """Draw ``num_draws`` gradients of ``elbo`` at the current parameters and summarize them.
+
+    ``params`` selects parameters by a list of names, a name prefix, or a predicate (default:
+    every parameter of the model and guide). Parameters are not changed; estimator state such
+    as running-average baselines evolves as it would in training.
+    """
+    if num_draws < 2:
+        raise ValueError(f"gradient_variance: num_draws must be >= 2, got {num_draws}")
+    keep = _selector(params)
+    sums: dict[str, torch.Tensor] = {}
+    sq_sums: dict[str, torch.Tensor] = {}
+    for _ in range(num_draws):
+        with poutine.trace(param_only=True) as tape:
+            elbo.loss_and_grads(model, guide, *args, **kwargs)
+        store = pyro.get_param_store()
+        seen = {}
+        for site in tape.trace.nodes.values():
+            name = site["name"]
+            if not keep(name) or name not in store:
+                continue
+            p = site["value"].unconstrained()
+            seen[name] = p
+        if not seen:
+            raise ValueError(
+                "gradient_variance: no parameter matched `params`; the model and guide have "
+                f"{sorted(s['name'] for s in tape.trace.nodes.values())}"
+            )
+        for name, p in seen.items():
+            g = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+            sums[name] = sums.get(name, 0) + g.double()
+            sq_sums[name] = sq_sums.get(name, 0) + g.double().pow(2)
+        for site in tape.trace.nodes.values():
+            site["value"].unconstrained().grad = None
+    stats = {}
+    for name in sums:
+        mean = sums[name] / num_draws
+        var = (sq_sums[name] - num_draws * mean.pow(2)) / (num_draws - 1)
+        stats[name] = ParamGradStats(mean, var.clamp(min=0.0), num_draws)
+    return GradientStats(stats, num_draws, elbo.num_particles)
+
+
+def compare_estimators(
+    model: Callable,
+    guide: Callable,
+    elbos: Mapping[str, ELBO],
+    *args,
+    evaluations: int = 400,
+    params: Iterable[str] | str | Callable[[str], bool] | None = None,
+    **kwargs,
+) -> dict[str, GradientStats]:
+    """:func:`gradient_variance` for several estimators at an equal number of model evaluations.
+
+    An estimator with ``K`` particles gets ``evaluations // K`` draws, so each spends the same
+    compute on the measurement. ``format_comparison`` prints the result as a table.
+    """
+    out = {}
+    for name, elbo in elbos.items():
+        draws = max(2, evaluations // elbo.num_particles)
+        out[name] = gradient_variance(
+            model, guide, elbo, *args, num_draws=draws, params=params, **kwargs
+        )
+    return out
+
+
+def format_comparison(results: Mapping[str, GradientStats]) -> str:
+    """A table: estimator, particles, draws, tr Cov, relative variance, SNR."""
+    header = (
+        f"{'estimator':<28}{'particles':>10}{'draws':>7}{'tr Cov':>12}{'rel. var':>11}{'SNR':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, s in results.items():
+        lines.append(
+            f"{name:<28}{s.evaluations_per_draw:>10}{s.num_draws:>7}{s.trace_cov:>12.4g}"
+            f"{s.relative_variance:>11.4g}{s.snr:>8.3f}"
+        )
+    return "\n".join(lines)
