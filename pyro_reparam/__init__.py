@@ -24,11 +24,13 @@ from pyro_reparam.gradients import (
     format_comparison,
     gradient_variance,
 )
+from pyro_reparam.guides import AutoReparamGuide
 from pyro_reparam.routing import RoutingPlan, SiteRoute, check_elbo, route
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoReparamGuide",
     "Family",
     "GradientStats",
     "Kind",
