@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyro.poutine as poutine
 import torch
@@ -358,28 +358,13 @@ def _checked(plan: RoutingPlan, model, guide, args, kwargs) -> RoutingPlan:
     fixed = {}
     for name, s in plan.sites.items():
         if s.estimator == "enumerate":
-            s = SiteRoute(
-                s.name,
-                s.family,
-                s.batch_shape,
-                s.event_shape,
-                s.kind,
-                "score",
-                "decaying",
-                f"enumeration failed ({reason}); running-average baseline",
-            )
+            why = f"enumeration failed ({reason}); running-average baseline"
         elif s.estimator == "score" and s.variance_reduction == "loo":
-            s = SiteRoute(
-                s.name,
-                s.family,
-                s.batch_shape,
-                s.event_shape,
-                s.kind,
-                "score",
-                "decaying",
-                "running-average baseline (particles could not be vectorized)",
-            )
-        fixed[name] = s
+            why = "running-average baseline (particles could not be vectorized)"
+        else:
+            fixed[name] = s
+            continue
+        fixed[name] = replace(s, estimator="score", variance_reduction="decaying", why=why)
     fallback = RoutingPlan(fixed, 1, "decaying", notes=[f"first choice failed: {reason}"])
     with poutine.block(), torch.no_grad():
         fallback.elbo().loss(model, guide, *args, **kwargs)
