@@ -28,6 +28,8 @@ import pyro.distributions as pdist
 import torch.distributions as tdist
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 
+from pyro_reparam.text import format_table
+
 __all__ = [
     "Family",
     "Kind",
@@ -282,11 +284,7 @@ def families_table(markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
-        for r in [header, *rows]
-    )
+    return format_table(header, rows)
 
 
 def _declare_builtin() -> None:

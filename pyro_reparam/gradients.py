@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
@@ -110,14 +109,11 @@ def gradient_variance(
     for _ in range(num_draws):
         with poutine.trace(param_only=True) as tape:
             elbo.loss_and_grads(model, guide, *args, **kwargs)
-        store = pyro.get_param_store()
-        seen = {}
-        for site in tape.trace.nodes.values():
-            name = site["name"]
-            if not keep(name) or name not in store:
-                continue
-            p = site["value"].unconstrained()
-            seen[name] = p
+        seen = {
+            name: site["value"].unconstrained()
+            for name, site in tape.trace.nodes.items()
+            if keep(name)
+        }
         if not seen:
             raise ValueError(
                 "gradient_variance: no parameter matched `params`; the model and guide have "

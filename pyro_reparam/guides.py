@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 
@@ -97,7 +98,7 @@ class AutoReparamGuide(AutoGuide):
                 init = init.reshape((1,) * (-dim - init.dim()) + init.shape)
             size = frame.full_size or frame.size
             if init.shape[dim] != size:
-                init = init.mean(dim, keepdim=True) if init.is_floating_point() else init
+                init = init.mean(dim, keepdim=True)
                 shape = list(init.shape)
                 shape[dim] = size
                 init = init.expand(shape)
@@ -202,9 +203,7 @@ class AutoReparamGuide(AutoGuide):
             "laplace": lambda: dist.Laplace(loc, scale),
             "studentt": lambda: dist.StudentT(4.0, loc, scale),
         }[family]().to_event(u_event)
-        if isinstance(transform, torch.distributions.transforms.IndependentTransform) or (
-            transform is biject_to(constraints.real)
-        ):
+        if _is_real(fn.support):
             return base, {}
         return dist.TransformedDistribution(base, transform.with_cache()), {}
 
@@ -238,8 +237,14 @@ class AutoReparamGuide(AutoGuide):
 
 
 def _base(fn):
-    while isinstance(fn, (dist.Independent, dist.MaskedDistribution)) or type(fn).__name__ == (
-        "ExpandedDistribution"
-    ):
+    """The family under Independent / expand / mask wrappers (whose parameters we learn)."""
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution, ExpandedDistribution)):
         fn = fn.base_dist
     return fn
+
+
+def _is_real(support) -> bool:
+    """True for ``real`` and ``independent(real, n)``: no bijection is needed."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real

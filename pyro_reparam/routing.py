@@ -26,6 +26,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro_reparam.distributions import ScoreFunction
 from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import Kind, reparam_info
+from pyro_reparam.text import format_table
 
 ESTIMATORS = ("pathwise", "relaxed", "enumerate", "score")
 DEFAULT_SCORE_PARTICLES = 4
@@ -93,14 +94,8 @@ class RoutingPlan:
             )
             for s in self.sites.values()
         ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-            for r in [header, *rows]
-        ]
         particles = f"{self.num_particles} particle{'s' if self.num_particles > 1 else ''}"
-        lines.insert(1, "-" * len(lines[0]))
-        lines.append(f"ELBO: {self.elbo_name}, {particles}")
+        lines = [format_table(header, rows, rule=True), f"ELBO: {self.elbo_name}, {particles}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -130,13 +125,13 @@ class RoutingPlan:
             inner = TraceEnum_ELBO(num_particles=k, vectorize_particles=k > 1, **kwargs)
         elif self.sites_with("score"):
             # Leave-one-out needs >= 2 particles: with one, fall back to the running average.
+            def fit(vr):
+                return "decaying" if k < 2 and vr == "loo" else vr
+
             site_baselines = {
-                n: "decaying" if k < 2 and vr == "loo" else vr
-                for n, vr in (
-                    (n, self.sites[n].variance_reduction) for n in self.sites_with("score")
-                )
+                n: fit(self.sites[n].variance_reduction) for n in self.sites_with("score")
             }
-            baseline = "decaying" if k < 2 and self.baseline == "loo" else self.baseline
+            baseline = fit(self.baseline)
             inner = ScoreFunctionELBO(
                 num_particles=k,
                 baseline=baseline,
@@ -186,10 +181,10 @@ class RoutedELBO(ELBO):
         )
         self.inner = inner
         self.plan = plan
+        self._apply = _ApplyRoute(plan.sites_with("enumerate"), plan.forced_score)
 
     def _configured(self, guide):
-        messenger = _ApplyRoute(self.plan.sites_with("enumerate"), self.plan.forced_score)
-        return messenger(guide)
+        return self._apply(guide)
 
     def _get_trace(self, model, guide, args, kwargs):
         return self.inner._get_trace(model, self._configured(guide), args, kwargs)

@@ -103,3 +103,16 @@ def test_constrained_and_plated_sites():
     assert 0 < tr.nodes["p"]["value"] < 1
     assert tr.nodes["c"]["value"].shape == (4,)
     assert pyro.param("AutoReparamGuide.c.log_rate").shape == (10,)
+
+
+def test_vector_valued_constrained_site_stays_in_its_support():
+    """A site with support independent(positive, 1) must go through its bijection."""
+
+    def m():
+        pyro.sample("rates", dist.Gamma(torch.ones(3), 1.0).to_event(1))
+
+    guide = pr.AutoReparamGuide(m)
+    guide()
+    pyro.get_param_store()["AutoReparamGuide.rates.loc"] = torch.full((3,), -5.0)
+    value = pyro.poutine.trace(guide).get_trace().nodes["rates"]["value"]
+    assert value.shape == (3,) and (value > 0).all()

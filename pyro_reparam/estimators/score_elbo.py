@@ -188,7 +188,7 @@ class ScoreFunctionELBO(ELBO):
             if is_identically_zero(score):
                 continue
             cost = detach_provenance(cost.sum_to(site["cond_indep_stack"])).detach()
-            cost = cost + torch.zeros_like(score)
+            cost = cost.expand(score.shape)
             b, b_loss = self._baseline(name, site, cost)
             baseline_loss = baseline_loss + b_loss
             surrogate_elbo = surrogate_elbo + (score * (cost - b)).sum()
