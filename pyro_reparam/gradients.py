@@ -93,6 +93,8 @@ def gradient_variance(
     *args,
     num_draws: int = 100,
     params: Iterable[str] | str | Callable[[str], bool] | None = None,
+    batches: Iterable[tuple] | None = None,
+    warmup: int = 0,
     **kwargs,
 ) -> GradientStats:
     """Draw ``num_draws`` gradients of ``elbo`` at the current parameters and summarize them.
@@ -100,15 +102,34 @@ def gradient_variance(
     ``params`` selects parameters by a list of names, a name prefix, or a predicate (default:
     every parameter of the model and guide). Parameters are not changed; estimator state such
     as running-average baselines evolves as it would in training.
+
+    ``batches``: measure under minibatching as in training. Each draw takes the next tuple of
+    model arguments from ``batches`` (a list, or a ``DataLoader`` that reshuffles on each pass;
+    it is iterated again when it runs out) instead of ``*args``; the variance then includes
+    the minibatch noise that every estimator shares. ``warmup`` draws are taken first and
+    discarded, so running-average baselines reach their training-time state.
     """
     if num_draws < 2:
         raise ValueError(f"gradient_variance: num_draws must be >= 2, got {num_draws}")
+    if warmup < 0:
+        raise ValueError(f"gradient_variance: warmup must be >= 0, got {warmup}")
+    if batches is not None and args:
+        raise ValueError(
+            "gradient_variance: pass the model's arguments either as *args or as `batches`, "
+            "not both"
+        )
+    next_args = _argument_stream(batches, args)
     keep = _selector(params)
+    for _ in range(warmup):
+        with poutine.trace(param_only=True) as tape:
+            elbo.loss_and_grads(model, guide, *next_args(), **kwargs)
+        for site in tape.trace.nodes.values():
+            site["value"].unconstrained().grad = None
     sums: dict[str, torch.Tensor] = {}
     sq_sums: dict[str, torch.Tensor] = {}
     for _ in range(num_draws):
         with poutine.trace(param_only=True) as tape:
-            elbo.loss_and_grads(model, guide, *args, **kwargs)
+            elbo.loss_and_grads(model, guide, *next_args(), **kwargs)
         seen = {
             name: site["value"].unconstrained()
             for name, site in tape.trace.nodes.items()
@@ -133,6 +154,26 @@ def gradient_variance(
     return GradientStats(stats, num_draws, elbo.num_particles)
 
 
+def _argument_stream(batches, args) -> Callable[[], tuple]:
+    """A function returning the model arguments of the next draw."""
+    if batches is None:
+        return lambda: args
+    state = {"it": iter(batches)}
+
+    def next_args():
+        try:
+            batch = next(state["it"])
+        except StopIteration:
+            state["it"] = iter(batches)
+            try:
+                batch = next(state["it"])
+            except StopIteration:
+                raise ValueError("gradient_variance: `batches` is empty") from None
+        return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+    return next_args
+
+
 def compare_estimators(
     model: Callable,
     guide: Callable,
@@ -140,18 +181,29 @@ def compare_estimators(
     *args,
     evaluations: int = 400,
     params: Iterable[str] | str | Callable[[str], bool] | None = None,
+    batches: Iterable[tuple] | None = None,
+    warmup: int = 0,
     **kwargs,
 ) -> dict[str, GradientStats]:
     """:func:`gradient_variance` for several estimators at an equal number of model evaluations.
 
     An estimator with ``K`` particles gets ``evaluations // K`` draws, so each spends the same
-    compute on the measurement. ``format_comparison`` prints the result as a table.
+    compute on the measurement. ``batches`` and ``warmup`` are as in :func:`gradient_variance`.
+    ``format_comparison`` prints the result as a table.
     """
     out = {}
     for name, elbo in elbos.items():
         draws = max(2, evaluations // elbo.num_particles)
         out[name] = gradient_variance(
-            model, guide, elbo, *args, num_draws=draws, params=params, **kwargs
+            model,
+            guide,
+            elbo,
+            *args,
+            num_draws=draws,
+            params=params,
+            batches=batches,
+            warmup=warmup,
+            **kwargs,
         )
     return out
 

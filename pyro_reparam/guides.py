@@ -12,6 +12,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
+from torch import nn
 
 from pyro_reparam.distributions import Kumaraswamy
 
@@ -35,7 +36,24 @@ class AutoReparamGuide(AutoGuide):
 
     Parameters have each site's full batch shape; under a subsampled ``pyro.plate`` the guide
     uses the rows of the current subsample.
+
+    Amortization (VAE-style local latents): ``encoders={"z": net}`` with ``net`` an
+    ``nn.Module`` called with the model's arguments, ``net(*args, **kwargs)``, returning the
+    site's parameters for the current batch: a tuple in the order of :attr:`PARAM_NAMES`
+    (``(loc, scale)`` for the location-scale families, with ``scale > 0``; ``(a, b)`` for
+    Kumaraswamy; ``logits`` or ``log_rate`` for discrete sites) or a dict with those keys.
+    The network is registered with ``pyro.module`` as ``<guide name>.encoders.<site>``.
     """
+
+    PARAM_NAMES = {
+        "normal": ("loc", "scale"),
+        "laplace": ("loc", "scale"),
+        "studentt": ("loc", "scale"),
+        "kumaraswamy": ("a", "b"),
+        "delta": ("loc",),
+        "logits": ("logits",),
+        "log_rate": ("log_rate",),
+    }
 
     def __init__(
         self,
@@ -45,6 +63,7 @@ class AutoReparamGuide(AutoGuide):
         discrete: str = "score",
         temperature: float = 0.5,
         init_scale: float = 0.1,
+        encoders: Mapping[str, nn.Module] | None = None,
         create_plates: Callable | None = None,
     ):
         if discrete not in DISCRETE_MODES:
@@ -59,7 +78,14 @@ class AutoReparamGuide(AutoGuide):
                 )
         if not init_scale > 0:
             raise ValueError(f"AutoReparamGuide: init_scale must be > 0, got {init_scale}")
+        for site, net in (encoders or {}).items():
+            if not isinstance(net, nn.Module):
+                raise TypeError(
+                    f"AutoReparamGuide: encoders[{site!r}] must be a torch.nn.Module mapping the "
+                    f"model's arguments to the site's parameters, got {type(net).__name__}"
+                )
         self.families = dict(families or {})
+        self.encoders = dict(encoders or {})
         self.discrete = discrete
         self.temperature = temperature
         self.init_scale = init_scale
@@ -67,12 +93,13 @@ class AutoReparamGuide(AutoGuide):
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
-        unknown = set(self.families) - set(self._sites())
-        if unknown:
-            raise ValueError(
-                f"AutoReparamGuide: families names site(s) {sorted(unknown)} that the model does "
-                f"not sample; its latent sites are {sorted(self._sites())}"
-            )
+        for option in ("families", "encoders"):
+            unknown = set(getattr(self, option)) - set(self._sites())
+            if unknown:
+                raise ValueError(
+                    f"AutoReparamGuide: {option} names site(s) {sorted(unknown)} that the model "
+                    f"does not sample; its latent sites are {sorted(self._sites())}"
+                )
         for name, site in self._sites().items():
             fn = site["fn"]
             if fn.support.is_discrete:
@@ -107,12 +134,14 @@ class AutoReparamGuide(AutoGuide):
     def _init_continuous(self, name, site):
         family = self.families.get(name, "normal")
         value = site["value"].detach()
+        if family == "kumaraswamy" and site["fn"].support is not constraints.unit_interval:
+            raise ValueError(
+                f"AutoReparamGuide: site {name!r} has support {site['fn'].support}; "
+                "kumaraswamy needs the unit interval"
+            )
+        if name in self.encoders:
+            return
         if family == "kumaraswamy":
-            if site["fn"].support is not constraints.unit_interval:
-                raise ValueError(
-                    f"AutoReparamGuide: site {name!r} has support {site['fn'].support}; "
-                    "kumaraswamy needs the unit interval"
-                )
             ones = self._full(torch.ones_like(value), site, len(site["fn"].event_shape))
             self._param(name, "a", ones * 2.0, constraints.positive)
             self._param(name, "b", ones * 2.0, constraints.positive)
@@ -126,19 +155,7 @@ class AutoReparamGuide(AutoGuide):
     def _init_discrete(self, name, site):
         fn = _base(site["fn"])
         mode = self._mode(name, fn)
-        shape = site["fn"].batch_shape + site["fn"].event_shape
-        event_dim = len(site["fn"].event_shape)
-        if isinstance(fn, dist.Poisson):
-            init = fn.rate.detach().log().expand(shape)
-            self._param(name, "log_rate", self._full(init, site, event_dim))
-        elif isinstance(fn, (dist.Categorical, dist.OneHotCategorical)):
-            logits = fn.logits.detach()
-            init = logits.expand(site["fn"].batch_shape + logits.shape[-1:])
-            self._param(name, "logits", self._full(init, site, event_dim + 1))
-        elif isinstance(fn, (dist.Bernoulli, dist.Binomial, dist.Geometric)):
-            init = fn.logits.detach().expand(shape)
-            self._param(name, "logits", self._full(init, site, event_dim))
-        else:
+        if not isinstance(fn, _DISCRETE):
             raise ValueError(
                 f"AutoReparamGuide: discrete site {name!r} has family {type(fn).__name__}; "
                 "supported: Bernoulli, Categorical, OneHotCategorical, Poisson, Binomial, Geometric"
@@ -150,11 +167,31 @@ class AutoReparamGuide(AutoGuide):
                 "use discrete='score' or 'enumerate' (a Categorical can be relaxed when the "
                 "model samples it as OneHotCategorical)"
             )
+        if name in self.encoders:
+            return
+        shape = site["fn"].batch_shape + site["fn"].event_shape
+        event_dim = len(site["fn"].event_shape)
+        if isinstance(fn, dist.Poisson):
+            init = fn.rate.detach().log().expand(shape)
+            self._param(name, "log_rate", self._full(init, site, event_dim))
+        elif isinstance(fn, (dist.Categorical, dist.OneHotCategorical)):
+            logits = fn.logits.detach()
+            init = logits.expand(site["fn"].batch_shape + logits.shape[-1:])
+            self._param(name, "logits", self._full(init, site, event_dim + 1))
+        else:
+            init = fn.logits.detach().expand(shape)
+            self._param(name, "logits", self._full(init, site, event_dim))
 
     def _mode(self, name, fn):
         if self.discrete == "enumerate" and not fn.has_enumerate_support:
             return "score"
         return self.discrete
+
+    def _param_names(self, name, site) -> tuple[str, ...]:
+        fn = site["fn"]
+        if not fn.support.is_discrete:
+            return self.PARAM_NAMES[self.families.get(name, "normal")]
+        return self.PARAM_NAMES["log_rate" if isinstance(_base(fn), dist.Poisson) else "logits"]
 
     def forward(self, *args, **kwargs):
         if self.prototype_trace is None:
@@ -166,7 +203,8 @@ class AutoReparamGuide(AutoGuide):
                 for frame in site["cond_indep_stack"]:
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
-                q, infer = self._q(name, site, plates)
+                params = self._site_params(name, site, plates, args, kwargs)
+                q, infer = self._q(name, site, params)
                 result[name] = pyro.sample(name, q, infer=infer)
         return result
 
@@ -178,51 +216,81 @@ class AutoReparamGuide(AutoGuide):
                 value = value.index_select(dim, plates[frame.name].indices)
         return value
 
-    def _get(self, name, key, site, plates, event_dim):
-        value = pyro.param(f"{self._pyro_name}.{name}.{key}")
-        return self._subsample(value, site, plates, event_dim)
-
-    def _q(self, name, site, plates):
+    def _param_event_dim(self, name, site, key) -> int:
+        """Number of trailing dims of parameter ``key`` beyond the site's batch shape."""
         fn = site["fn"]
         event_dim = len(fn.event_shape)
         if fn.support.is_discrete:
-            return self._q_discrete(name, site, plates)
+            categorical = isinstance(_base(fn), (dist.Categorical, dist.OneHotCategorical))
+            return event_dim + int(categorical)
+        if self.families.get(name, "normal") == "kumaraswamy":
+            return event_dim
+        return biject_to(fn.support).codomain.event_dim
+
+    def _site_params(self, name, site, plates, args, kwargs) -> dict[str, torch.Tensor]:
+        """The site's parameters for the current (sub)batch: encoder outputs or global params."""
+        keys = self._param_names(name, site)
+        if name in self.encoders:
+            net = pyro.module(f"{self._pyro_name}.encoders.{name}", self.encoders[name])
+            out = net(*args, **kwargs)
+            if isinstance(out, torch.Tensor):
+                out = (out,)
+            if not isinstance(out, Mapping):
+                out = tuple(out)
+                if len(out) != len(keys):
+                    raise ValueError(
+                        f"AutoReparamGuide: encoders[{name!r}] returned {len(out)} tensor(s); "
+                        f"site {name!r} needs {keys} (a tuple in this order, or a dict)"
+                    )
+                out = dict(zip(keys, out, strict=True))
+            missing = set(keys) - set(out)
+            if missing:
+                raise ValueError(
+                    f"AutoReparamGuide: encoders[{name!r}] returned keys {sorted(out)}; "
+                    f"site {name!r} needs {keys}"
+                )
+            return {k: out[k] for k in keys}
+        return {
+            k: self._subsample(
+                pyro.param(f"{self._pyro_name}.{name}.{k}"),
+                site,
+                plates,
+                self._param_event_dim(name, site, k),
+            )
+            for k in keys
+        }
+
+    def _q(self, name, site, params):
+        fn = site["fn"]
+        event_dim = len(fn.event_shape)
+        if fn.support.is_discrete:
+            return self._q_discrete(name, site, params)
         family = self.families.get(name, "normal")
         if family == "kumaraswamy":
-            a = self._get(name, "a", site, plates, event_dim)
-            b = self._get(name, "b", site, plates, event_dim)
-            return Kumaraswamy(a, b).to_event(event_dim), {}
+            return Kumaraswamy(params["a"], params["b"]).to_event(event_dim), {}
         transform = biject_to(fn.support)
-        loc = self._get(name, "loc", site, plates, transform.codomain.event_dim)
-        u_event = loc.dim() - len(fn.batch_shape)
+        loc = params["loc"]
         if family == "delta":
             return dist.Delta(transform(loc), event_dim=event_dim), {}
-        scale = self._get(name, "scale", site, plates, u_event)
-        base = {
-            "normal": lambda: dist.Normal(loc, scale),
-            "laplace": lambda: dist.Laplace(loc, scale),
-            "studentt": lambda: dist.StudentT(4.0, loc, scale),
-        }[family]().to_event(u_event)
+        u_event = transform.codomain.event_dim
+        base = _LOCATION_SCALE[family](loc, params["scale"]).to_event(u_event)
         if _is_real(fn.support):
             return base, {}
         return dist.TransformedDistribution(base, transform.with_cache()), {}
 
-    def _q_discrete(self, name, site, plates):
+    def _q_discrete(self, name, site, params):
         fn = _base(site["fn"])
         event_dim = len(site["fn"].event_shape)
         mode = self._mode(name, fn)
         infer = {"enumerate": "parallel"} if mode == "enumerate" else {}
         if isinstance(fn, dist.Poisson):
-            rate = self._get(name, "log_rate", site, plates, event_dim).exp()
-            return dist.Poisson(rate).to_event(event_dim), infer
-        is_cat = isinstance(fn, (dist.Categorical, dist.OneHotCategorical))
-        logits = self._get(name, "logits", site, plates, event_dim + int(is_cat))
+            return dist.Poisson(params["log_rate"].exp()).to_event(event_dim), infer
+        logits = params["logits"]
         t = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
         if isinstance(fn, dist.Bernoulli):
             if mode == "relaxed":
-                return dist.RelaxedBernoulliStraightThrough(t, logits=logits).to_event(
-                    event_dim
-                ), {}
+                q = dist.RelaxedBernoulliStraightThrough(t, logits=logits)
+                return q.to_event(event_dim), {}
             return dist.Bernoulli(logits=logits).to_event(event_dim), infer
         if isinstance(fn, dist.OneHotCategorical):
             if mode == "relaxed":
@@ -234,6 +302,123 @@ class AutoReparamGuide(AutoGuide):
         if isinstance(fn, dist.Binomial):
             return dist.Binomial(fn.total_count, logits=logits).to_event(event_dim), infer
         return dist.Geometric(logits=logits).to_event(event_dim), infer
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The guide's median of each latent site.
+
+        Continuous sites: ``T(loc)`` for the location-scale families and Delta (``T`` is the
+        bijection to the site's support, monotone elementwise, so medians map to medians);
+        ``(1 - 2^{-1/b})^{1/a}`` for Kumaraswamy. Bernoulli sites: ``1[logits > 0]``. Sites
+        whose median is not defined (Categorical, Poisson, ...) are left out. Amortized sites
+        need the model's arguments.
+        """
+        return self._summaries(lambda q, fam: _median(q, fam), args, kwargs)
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Quantiles of each continuous site with an elementwise support, shape ``(len(q),) +
+        site shape``: ``T(loc + scale * F^{-1}(q))`` with ``F`` the standard base family,
+        ``F^{-1}(q)`` itself for Kumaraswamy. Discrete sites are left out.
+        """
+        qs = torch.as_tensor(quantiles, dtype=torch.get_default_dtype())
+        if qs.dim() != 1 or not ((qs > 0) & (qs < 1)).all():
+            raise ValueError(
+                f"AutoReparamGuide.quantiles: quantiles must be a list of numbers in (0, 1), "
+                f"got {quantiles!r}"
+            )
+        return self._summaries(lambda q, fam: _quantiles(q, fam, qs), args, kwargs)
+
+    def _summaries(self, fn, args, kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self.encoders and not (args or kwargs):
+            raise ValueError(
+                f"AutoReparamGuide: sites {sorted(self.encoders)} are amortized; pass the "
+                "model's arguments to median()/quantiles()"
+            )
+        plates = self._create_plates(*args, **kwargs)
+        out = {}
+        for name, site in self._sites().items():
+            with ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                params = self._site_params(name, site, plates, args, kwargs)
+            q, _ = self._q(name, site, params)
+            family = (
+                "discrete" if site["fn"].support.is_discrete else self.families.get(name, "normal")
+            )
+            value = fn(q, family)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+_LOCATION_SCALE = {
+    "normal": dist.Normal,
+    "laplace": dist.Laplace,
+    "studentt": lambda loc, scale: dist.StudentT(4.0, loc, scale),
+}
+
+_DISCRETE = (
+    dist.Bernoulli,
+    dist.Categorical,
+    dist.OneHotCategorical,
+    dist.Poisson,
+    dist.Binomial,
+    dist.Geometric,
+)
+
+
+def _strip(q):
+    """(base distribution, transform or None) of a guide distribution."""
+    transform = None
+    if isinstance(q, dist.TransformedDistribution):
+        (transform,) = q.transforms
+        q = q.base_dist
+    while isinstance(q, dist.Independent):
+        q = q.base_dist
+    return q, transform
+
+
+def _median(q, family):
+    base, transform = _strip(q)
+    if family == "discrete":
+        if isinstance(base, dist.Bernoulli):
+            return (base.logits > 0).to(base.logits.dtype)
+        return None
+    if isinstance(base, Kumaraswamy):
+        return (1 - 0.5 ** base.b.reciprocal()) ** base.a.reciprocal()
+    if isinstance(base, dist.Delta):
+        return base.v.clone()
+    return base.loc.clone() if transform is None else transform(base.loc)
+
+
+def _quantiles(q, family, qs):
+    base, transform = _strip(q)
+    if family in ("discrete", "delta"):
+        return None
+    if transform is not None and transform.codomain.event_dim > 0:
+        return None
+    if isinstance(base, Kumaraswamy):
+        qs = qs.to(base.a).reshape((-1,) + (1,) * base.a.dim())
+        return (1 - (1 - qs) ** base.b.reciprocal()) ** base.a.reciprocal()
+    qs = qs.to(base.loc).reshape((-1,) + (1,) * base.loc.dim())
+    standard = {
+        "normal": lambda p: dist.Normal(0.0, 1.0).icdf(p),
+        "laplace": lambda p: -torch.sign(p - 0.5) * torch.log1p(-2 * (p - 0.5).abs()),
+        "studentt": lambda p: _student_t4_icdf(p),
+    }[family](qs)
+    u = base.loc + base.scale * standard
+    return u if transform is None else transform(u)
+
+
+def _student_t4_icdf(p):
+    """Closed-form inverse CDF of Student's t with 4 degrees of freedom."""
+    a = 4 * p * (1 - p)
+    s = torch.sqrt(a)
+    return torch.sign(p - 0.5) * 2 * torch.sqrt(torch.cos(torch.arccos(s) / 3) / s - 1)
 
 
 def _base(fn):

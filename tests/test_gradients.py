@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
 import pyro_reparam as pr
 from pyro_reparam.distributions import ScoreFunction
@@ -106,3 +107,25 @@ def test_snr_and_relative_variance_totals():
         pr.gradient_variance(
             _model_pathwise, _guide_pathwise, pyro.infer.Trace_ELBO(), num_draws=2, params=["nope"]
         )
+
+
+def test_batches_and_warmup_feed_each_draw_the_next_minibatch():
+    """loss = -log N(x | mu, 1) has d/dmu = mu - x: exact per-batch gradients, no Monte Carlo."""
+
+    def model(x):
+        mu = pyro.param("mu", torch.tensor(0.0))
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    batches = [(torch.tensor(0.0),), (torch.tensor(2.0),)]
+    stats = pr.gradient_variance(model, guide, Trace_ELBO(), num_draws=4, batches=batches)
+    assert stats.params["mu"].mean.item() == pytest.approx(-1.0)
+    assert stats.params["mu"].variance.item() == pytest.approx(4 / 3)  # values 0, -2, 0, -2
+    stats = pr.gradient_variance(model, guide, Trace_ELBO(), num_draws=3, batches=batches, warmup=1)
+    assert stats.params["mu"].mean.item() == pytest.approx(-4 / 3)  # draws see 2, 0, 2
+    with pytest.raises(ValueError, match="either as \\*args or as `batches`"):
+        pr.gradient_variance(model, guide, Trace_ELBO(), torch.tensor(1.0), batches=batches)
+    with pytest.raises(ValueError, match="`batches` is empty"):
+        pr.gradient_variance(model, guide, Trace_ELBO(), num_draws=2, batches=[])

@@ -116,3 +116,99 @@ def test_vector_valued_constrained_site_stays_in_its_support():
     pyro.get_param_store()["AutoReparamGuide.rates.loc"] = torch.full((3,), -5.0)
     value = pyro.poutine.trace(guide).get_trace().nodes["rates"]["value"]
     assert value.shape == (3,) and (value > 0).all()
+
+
+def test_median_and_quantiles_match_closed_forms():
+    def m():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        pyro.sample("p", dist.Beta(2.0, 2.0))
+        pyro.sample("t", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Bernoulli(0.5))
+        pyro.sample("k", dist.Poisson(2.0))
+
+    guide = pr.AutoReparamGuide(m, families={"p": "kumaraswamy", "t": "laplace"})
+    guide()
+    store = pyro.get_param_store()
+    store["AutoReparamGuide.s.loc"] = torch.tensor(0.7)
+    store["AutoReparamGuide.s.scale"] = torch.tensor(0.3)
+    store["AutoReparamGuide.p.a"] = torch.tensor(2.0)
+    store["AutoReparamGuide.p.b"] = torch.tensor(3.0)
+    store["AutoReparamGuide.t.loc"] = torch.tensor(1.0)
+    store["AutoReparamGuide.t.scale"] = torch.tensor(2.0)
+    store["AutoReparamGuide.b.logits"] = torch.tensor(0.4)
+    med = guide.median()
+    assert set(med) == {"s", "p", "t", "b"}  # a Poisson has no median here
+    assert med["s"].item() == pytest.approx(math.exp(0.7), rel=1e-5)
+    assert med["p"].item() == pytest.approx((1 - 0.5 ** (1 / 3)) ** 0.5, rel=1e-5)
+    assert med["t"].item() == pytest.approx(1.0) and med["b"].item() == 1.0
+    q = guide.quantiles([0.1, 0.5, 0.9])
+    assert set(q) == {"s", "p", "t"}
+    z = dist.Normal(0.0, 1.0).icdf(torch.tensor([0.1, 0.5, 0.9]))
+    assert torch.allclose(q["s"], torch.exp(0.7 + 0.3 * z), rtol=1e-5)
+    laplace = torch.tensor([math.log(0.2), 0.0, -math.log(0.2)])
+    assert torch.allclose(q["t"], 1.0 + 2.0 * laplace, rtol=1e-5)
+    # Kumaraswamy quantiles invert its CDF 1 - (1 - x^a)^b
+    cdf = 1 - (1 - q["p"] ** 2.0) ** 3.0
+    assert torch.allclose(cdf, torch.tensor([0.1, 0.5, 0.9]), atol=1e-5)
+    # empirical check: draws from the guide fall below the quantiles at the stated rates
+    draws = Predictive(m, guide=guide, num_samples=4000)()
+    for site in ("s", "p", "t"):
+        frac = (draws[site].reshape(-1, 1) < q[site]).float().mean(0)
+        se = torch.sqrt(torch.tensor([0.09, 0.25, 0.09]) / 4000)
+        assert ((frac - torch.tensor([0.1, 0.5, 0.9])).abs() < 4 * se).all(), site
+    with pytest.raises(ValueError, match="quantiles must be"):
+        guide.quantiles([0.5, 1.5])
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+        self.log_scale = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x):
+        return self.linear(x.unsqueeze(-1)).squeeze(-1), self.log_scale.exp().expand(x.shape)
+
+
+def test_amortized_encoder_learns_the_exact_local_posterior():
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 1): q(z_n | x_n) = N(x_n / 2, 1 / sqrt 2) is exact."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, generator=g) * math.sqrt(2.0)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    encoder = _Encoder()
+    guide = pr.AutoReparamGuide(model, encoders={"z": encoder})
+    svi = SVI(model, guide, ClippedAdam({"lr": 0.03}), pr.route(model, guide, x).elbo())
+    for _ in range(800):
+        svi.step(x)
+    assert encoder.linear.weight.item() == pytest.approx(0.5, abs=0.05)
+    assert encoder.linear.bias.item() == pytest.approx(0.0, abs=0.05)
+    assert encoder.log_scale.exp().item() == pytest.approx(math.sqrt(0.5), rel=0.08)
+    assert "AutoReparamGuide.encoders.z$$$linear.weight" in pyro.get_param_store()
+    assert not any(k.startswith("AutoReparamGuide.z.") for k in pyro.get_param_store())
+    med = guide.median(x[:3])
+    assert torch.allclose(med["z"], encoder.linear(x[:3, None]).squeeze(-1).detach())
+    with pytest.raises(ValueError, match="pass the model's arguments"):
+        guide.median()
+
+
+def test_encoder_errors_name_the_site():
+    x = torch.randn(8)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(TypeError, match=r"encoders\['z'\] must be a torch.nn.Module"):
+        pr.AutoReparamGuide(model, encoders={"z": lambda x: x})
+    one = torch.nn.Linear(1, 1)
+    guide = pr.AutoReparamGuide(model, encoders={"z": torch.nn.Sequential()})
+    with pytest.raises(ValueError, match=r"returned 1 tensor\(s\); site 'z' needs"):
+        guide(x)
+    with pytest.raises(ValueError, match="encoders names site"):
+        pr.AutoReparamGuide(model, encoders={"w": one})(x)

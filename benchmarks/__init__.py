@@ -1,0 +1,1 @@
+"""Benchmarks: speed, gradient variance and model quality. Run with ``make bench``."""

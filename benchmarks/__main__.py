@@ -1,0 +1,30 @@
+"""``python -m benchmarks [--only NAME ...] [--quick] --out DIR``: run the benchmarks and write
+each one's JSON and Markdown figures into DIR."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+BENCHMARKS = {
+    "sbn_variance": "benchmarks.sbn_variance",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check they run")
+    args = parser.parse_args(argv)
+    for name in args.only or BENCHMARKS:
+        print(f"== {name}", flush=True)
+        t = time.perf_counter()
+        importlib.import_module(BENCHMARKS[name]).run(args.out, quick=args.quick)
+        print(f"== {name}: {time.perf_counter() - t:.0f} s, figures in {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
