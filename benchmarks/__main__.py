@@ -10,6 +10,7 @@ from pathlib import Path
 
 BENCHMARKS = {
     "sbn_variance": "benchmarks.sbn_variance",
+    "fit_overhead": "benchmarks.fit_overhead",
 }
 
 

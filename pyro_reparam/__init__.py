@@ -6,6 +6,7 @@
 """
 
 from pyro_reparam import distributions
+from pyro_reparam.checkpoint import CheckpointError
 from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import (
     Family,
@@ -26,24 +27,29 @@ from pyro_reparam.gradients import (
 )
 from pyro_reparam.guides import AutoReparamGuide
 from pyro_reparam.routing import RoutingPlan, SiteRoute, check_elbo, route
+from pyro_reparam.train import History, TrainingError, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoReparamGuide",
+    "CheckpointError",
     "Family",
     "GradientStats",
+    "History",
     "Kind",
     "NotReparameterizedError",
     "ReparamInfo",
     "RoutingPlan",
     "ScoreFunctionELBO",
     "SiteRoute",
+    "TrainingError",
     "check_elbo",
     "compare_estimators",
     "declare",
     "distributions",
     "families_table",
+    "fit",
     "format_comparison",
     "gradient_variance",
     "reparam_info",
