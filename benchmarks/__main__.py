@@ -11,6 +11,8 @@ from pathlib import Path
 BENCHMARKS = {
     "sbn_variance": "benchmarks.sbn_variance",
     "fit_overhead": "benchmarks.fit_overhead",
+    "vae_reference": "benchmarks.vae_reference",
+    "dvae_options": "benchmarks.dvae_options",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _families(args: argparse.Namespace) -> int:
@@ -22,6 +23,60 @@ def _demo(args: argparse.Namespace) -> int:
     from pyro_reparam.demo import run_demo
 
     return run_demo(out=args.out, device=args.device, quick=args.quick)
+
+
+def _job(args: argparse.Namespace):
+    from pyro_reparam.image_jobs import ImageJob
+
+    return ImageJob(
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        out=Path(args.out),
+        seed=args.seed,
+        iw_samples=args.iw_samples,
+        progress=not args.quiet,
+    )
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from pyro_reparam.image_jobs import train_vae
+
+    train_vae(_job(args), latent_dim=args.latent_dim, likelihood=args.likelihood,
+              kl=args.estimator, iwae=args.iwae, hidden=args.hidden, conv=args.conv)  # fmt: skip
+    return 0
+
+
+def _train_dvae(args: argparse.Namespace) -> int:
+    from pyro_reparam.image_jobs import train_dvae
+
+    train_dvae(_job(args), latent=args.latent, num_latents=args.num_latents,
+               num_categories=args.num_categories, estimator=args.estimator,
+               hidden=args.hidden, temperature=args.temperature)  # fmt: skip
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, out: str, epochs: int) -> None:
+    p.add_argument("--data", default="digits",
+                   help="'digits' (embedded) or a path to .npz / MNIST IDX images")  # fmt: skip
+    p.add_argument("--epochs", type=_positive, default=epochs)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iw-samples", type=_positive, default=500,
+                   help="importance samples for the test log-likelihood")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     demo.add_argument("--quick", action="store_true", help="a few steps only, for smoke tests")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train a ready model and write metrics and figures")
+    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    vae = models.add_parser("vae", help="Gaussian-latent VAE (and a plain autoencoder)")
+    _common(vae, "runs/vae", 100)
+    vae.add_argument("--latent-dim", type=_positive, default=2)
+    vae.add_argument("--likelihood", default="continuous_bernoulli",
+                     choices=["bernoulli", "continuous_bernoulli", "gaussian"])  # fmt: skip
+    vae.add_argument("--estimator", default="analytic", choices=["analytic", "mc"],
+                     help="KL term: closed form (TraceMeanField_ELBO) or Monte Carlo")  # fmt: skip
+    vae.add_argument("--iwae", type=_positive, default=None, metavar="K",
+                     help="train the importance-weighted bound with K particles")  # fmt: skip
+    vae.add_argument("--hidden", type=_positive, default=256)
+    vae.add_argument("--conv", action="store_true", help="convolutional encoder and decoder")
+    vae.set_defaults(func=_train_vae)
+    dvae = models.add_parser("dvae", help="VAE with binary or categorical latents (routed)")
+    _common(dvae, "runs/dvae", 100)
+    dvae.add_argument("--latent", default="bernoulli", choices=["bernoulli", "categorical"])
+    dvae.add_argument("--num-latents", type=_positive, default=64)
+    dvae.add_argument("--num-categories", type=_positive, default=10)
+    dvae.add_argument("--estimator", default="score", choices=["score", "relaxed", "enumerate"])
+    dvae.add_argument("--hidden", type=_positive, default=200)
+    dvae.add_argument("--temperature", type=float, default=1.0)
+    dvae.set_defaults(func=_train_dvae)
     return parser
 
 
