@@ -13,6 +13,7 @@ BENCHMARKS = {
     "fit_overhead": "benchmarks.fit_overhead",
     "vae_reference": "benchmarks.vae_reference",
     "dvae_options": "benchmarks.dvae_options",
+    "bnn_uci": "benchmarks.bnn_uci",
 }
 
 

@@ -337,7 +337,12 @@ def _choose(name, info, requested, auto_enum, size, baseline, k, site):
         return "enumerate", "exact sum", f"discrete with {size} values: exact, zero variance"
     if info.kind is Kind.RELAXED:
         return "relaxed", "-", f"{info.note}; biased"
-    return "pathwise", "-", info.note or "has rsample"
+    declared = site["infer"].get("pyro_reparam", {})  # e.g. local reparameterization in a BNN
+    return (
+        "pathwise",
+        declared.get("variance_reduction", "-"),
+        declared.get("why", info.note or "has rsample"),
+    )
 
 
 def _checked(plan: RoutingPlan, model, guide, args, kwargs) -> RoutingPlan:

@@ -1,0 +1,292 @@
+"""Bayesian multilayer perceptrons with mean-field, local-reparameterization and Flipout guides."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
+from pyro_reparam.models.nets import ACTIVATIONS
+from torch import nn
+from torch.distributions import kl_divergence
+
+TASKS = ("regression", "classification")
+GUIDES = ("meanfield", "local", "flipout")
+NOISE = ("homoscedastic", "heteroscedastic")
+
+_GUIDE_NOTES = {
+    "meanfield": ("-", "location-scale: W = mu + sigma * eps, one draw per batch"),
+    "local": (
+        "local reparameterization",
+        "pre-activations b = x mu + sqrt(x^2 sigma^2) * eps drawn per example (Kingma et al. "
+        "2015): same ELBO, gradient variance falls as 1/batch",
+    ),
+    "flipout": (
+        "flipout",
+        "shared eps with per-example random signs, x mu + ((x * s) (sigma * eps)) * r (Wen et "
+        "al. 2018): decorrelated per-example weights",
+    ),
+}
+
+
+class BayesianMLP(nn.Module):
+    """An MLP whose weights and biases are random variables, with a Gaussian mean-field guide.
+
+    Model: ``W_l ~ N(0, s_l^2)`` elementwise with ``s_l = 1 / sqrt(fan_in)`` (``prior="fan_in"``)
+    or a given scale; ``f = MLP_W(x)``; regression ``y ~ N(f, sigma^2)`` with ``sigma`` learned
+    (type-II maximum likelihood; ``noise="heteroscedastic"`` makes it a second output,
+    ``sigma(x) = softplus(f_2(x))``), classification ``y ~ Categorical(logits=f)``. Sites
+    ``layer{l}.weight`` (event shape ``(out, in)``) and ``layer{l}.bias``, ``y`` in plate
+    ``"data"``.
+
+    Guide: ``q(W) = prod N(mu, sigma^2)``. How the likelihood term is estimated is the
+    ``guide`` option, shown in the routing table: ``"meanfield"`` samples ``W``;
+    ``"local"`` samples the pre-activations of each example instead; ``"flipout"`` perturbs a
+    shared draw with per-example signs. All three estimate the same ELBO, with the KL term in
+    closed form (``TraceMeanField_ELBO``).
+
+    Minibatches: ``model(x, y, num_data=N)`` scales the batch log-likelihood by ``N / B``, so
+    ``ELBO = N / B * sum_batch log p(y | x, W) - KL(q || p)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int = 1,
+        hidden: Sequence[int] = (50,),
+        *,
+        task: str = "regression",
+        prior: str | float = "fan_in",
+        activation: str = "relu",
+        guide: str = "local",
+        noise: str = "homoscedastic",
+        init_scale: float = 1e-3,
+        name: str = "bnn",
+    ):
+        super().__init__()
+        for option, value, allowed in (("task", task, TASKS), ("guide", guide, GUIDES),
+                                       ("noise", noise, NOISE)):  # fmt: skip
+            if value not in allowed:
+                raise ValueError(f"BayesianMLP: {option} must be one of {allowed}, got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"BayesianMLP: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+            )
+        if not (prior == "fan_in" or (isinstance(prior, (int, float)) and prior > 0)):
+            raise ValueError(
+                f"BayesianMLP: prior must be 'fan_in' or a positive scale, got {prior!r}"
+            )
+        if task == "classification" and noise == "heteroscedastic":
+            raise ValueError("BayesianMLP: noise='heteroscedastic' is for regression")
+        self.task, self.guide_kind, self.noise, self.name = task, guide, noise, name
+        self.prior_kind = prior
+        self.out_features = out_features
+        outputs = out_features * (2 if noise == "heteroscedastic" else 1)
+        self.sizes = [in_features, *hidden, outputs]
+        self.activation = ACTIVATIONS[activation]()
+        self.locs, self.raw_scales = nn.ParameterList(), nn.ParameterList()
+        self.bias_locs, self.bias_raw_scales = nn.ParameterList(), nn.ParameterList()
+        raw = math.log(math.expm1(init_scale))
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            self.locs.append(nn.Parameter(torch.randn(fan_out, fan_in) / math.sqrt(fan_in)))
+            self.raw_scales.append(nn.Parameter(torch.full((fan_out, fan_in), raw)))
+            self.bias_locs.append(nn.Parameter(torch.zeros(fan_out)))
+            self.bias_raw_scales.append(nn.Parameter(torch.full((fan_out,), raw)))
+        self.log_noise = nn.Parameter(torch.tensor(0.0))
+
+    # -- distributions -------------------------------------------------------------------------
+    def _prior_scale(self, fan_in: int) -> float:
+        return 1.0 / math.sqrt(fan_in) if self.prior_kind == "fan_in" else float(self.prior_kind)
+
+    def _q(self, l: int):
+        w = dist.Normal(self.locs[l], nn.functional.softplus(self.raw_scales[l])).to_event(2)
+        b = dist.Normal(self.bias_locs[l], nn.functional.softplus(self.bias_raw_scales[l]))
+        return w, b.to_event(1)
+
+    # -- Pyro model and guide ------------------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
+        pyro.module(self.name, self)
+        h = x
+        for l, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
+            s = self._prior_scale(fan_in)
+            w = pyro.sample(f"layer{l}.weight",
+                            dist.Normal(x.new_zeros(fan_out, fan_in), s).to_event(2))  # fmt: skip
+            b = pyro.sample(f"layer{l}.bias", dist.Normal(x.new_zeros(fan_out), 1.0).to_event(1))
+            h = self._layer(l, h, w, b)
+            if l < len(self.sizes) - 2:
+                h = self.activation(h)
+        f = h.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else h
+        scale = 1.0 if num_data is None else num_data / x.shape[0]
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=scale):
+            return pyro.sample("y", self._likelihood(f), obs=y)
+
+    def _likelihood(self, f):
+        if self.task == "classification":
+            return dist.Categorical(logits=f)
+        if self.noise == "heteroscedastic":
+            loc = f[..., : self.out_features]
+            scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
+            if self.out_features == 1:
+                return dist.Normal(loc.squeeze(-1), scale.squeeze(-1))
+            return dist.Normal(loc, scale).to_event(1)
+        noise = self.log_noise.exp()
+        return (
+            dist.Normal(f, noise) if self.out_features == 1 else dist.Normal(f, noise).to_event(1)
+        )
+
+    def _layer(self, l: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """One affine layer under the chosen estimator (``w``, ``b``: the guide's draws)."""
+        if self.guide_kind == "meanfield":
+            return x @ w.transpose(-1, -2) + b.unsqueeze(-2)
+        mu, sigma = self.locs[l], nn.functional.softplus(self.raw_scales[l])
+        b_mu, b_sigma = self.bias_locs[l], nn.functional.softplus(self.bias_raw_scales[l])
+        if self.guide_kind == "local":
+            mean = x @ mu.T + b_mu
+            var = x.pow(2) @ sigma.pow(2).T + b_sigma.pow(2)
+            return mean + var.sqrt() * torch.randn_like(mean)
+        eps = torch.randn_like(mu)
+        sign_in = torch.randint_like(x, 2) * 2 - 1
+        mean = x @ mu.T + b_mu
+        sign_out = torch.randint_like(mean, 2) * 2 - 1
+        noise_b = b_sigma * torch.randn_like(b_sigma)
+        return mean + ((x * sign_in) @ (sigma * eps).T) * sign_out + noise_b
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
+        pyro.module(self.name, self)
+        vr, why = _GUIDE_NOTES[self.guide_kind]
+        infer = {"pyro_reparam": {"variance_reduction": vr, "why": why}}
+        for l in range(len(self.sizes) - 1):
+            w, b = self._q(l)
+            pyro.sample(f"layer{l}.weight", w, infer=infer)
+            pyro.sample(f"layer{l}.bias", b, infer=infer)
+
+    def elbo(self, num_particles: int = 1) -> TraceMeanField_ELBO:
+        """Closed-form KL for the weights, Monte Carlo for the likelihood."""
+        return TraceMeanField_ELBO(num_particles=num_particles)
+
+    # -- training on arrays --------------------------------------------------------------------
+    def fit(self, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1000, batch_size: int = 128,
+            lr: float = 1e-2, seed: int = 0, progress: bool = False, **fit_kwargs):  # fmt: skip
+        """Standardize ``x`` (and ``y`` for regression) with the training statistics, then train
+        with :func:`pyro_reparam.fit` and ``ClippedAdam(lr)``. The history's records also hold
+        the two ELBO terms on the training data: ``expected_log_likelihood`` (MC, 8 draws) and
+        ``kl`` (closed form), in standardized units."""
+        from pyro_reparam.train import fit as svi_fit
+
+        self._standardizer(x, y)
+        xs, ys = self.transform(x, y)
+        n = xs.shape[0]
+
+        def terms(_epoch, record):
+            with torch.no_grad():
+                record["expected_log_likelihood"] = (
+                    sum(self._expected_log_lik(xs, ys) for _ in range(8)) / 8
+                )
+                record["kl"] = self.kl()
+
+        model = lambda x, y: self.model(x, y, num_data=n)  # noqa: E731
+        guide = lambda x, y: self.guide(x, y, num_data=n)  # noqa: E731
+        optim = pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0})
+        callbacks = [terms, *fit_kwargs.pop("callbacks", [])]
+        return svi_fit(model, guide, (xs, ys), elbo=self.elbo(), optim=optim, epochs=epochs,
+                       batch_size=batch_size, seed=seed, progress=progress,
+                       callbacks=callbacks, **fit_kwargs)  # fmt: skip
+
+    def _expected_log_lik(self, xs, ys) -> float:
+        f = self.function_samples(xs, 1)[0]
+        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
+        return self._likelihood(f).log_prob(ys).sum().item()
+
+    def _standardizer(self, x, y):
+        self.x_mean, self.x_std = x.mean(0), x.std(0).clamp(min=1e-8)
+        if self.task == "regression":
+            self.y_mean, self.y_std = y.mean(0), y.std(0).clamp(min=1e-8)
+        else:
+            self.y_mean, self.y_std = torch.zeros(()), torch.ones(())
+
+    def transform(self, x, y=None):
+        """Inputs (and targets) in the standardized units the network sees."""
+        xs = (x - self.x_mean) / self.x_std
+        if y is None or self.task == "classification":
+            return xs, y
+        return xs, (y - self.y_mean) / self.y_std
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, num_samples: int = 200, quantiles=(0.05, 0.5, 0.95)):
+        """Posterior predictive in original units. Regression: ``{"mean", "std", "quantiles"}``
+        (quantiles of ``y`` draws, shape ``(len(quantiles), B)``); classification: ``{"probs"}``
+        averaged over weight draws."""
+        xs, _ = self.transform(x)
+        f = self.function_samples(xs, num_samples)
+        if self.task == "classification":
+            return {"probs": f.softmax(-1).mean(0)}
+        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
+        y = self._likelihood(f).sample() * self.y_std + self.y_mean
+        q = torch.as_tensor(quantiles, dtype=y.dtype)
+        return {"mean": y.mean(0), "std": y.std(0), "quantiles": torch.quantile(y, q, dim=0)}
+
+    @torch.no_grad()
+    def log_predictive_density(self, x: torch.Tensor, y: torch.Tensor, num_samples: int = 200):
+        """Per-point ``log p(y | x, data)`` in original units (Jacobian of the standardization
+        included)."""
+        xs, ys = self.transform(x, y)
+        lp = self.log_predictive(xs, ys, num_samples)
+        return lp - torch.log(self.y_std) if self.task == "regression" else lp
+
+    # -- terms, prediction ---------------------------------------------------------------------
+    @torch.no_grad()
+    def kl(self) -> float:
+        """``KL(q(W) || p(W))`` in nats (closed form)."""
+        total = 0.0
+        for l, fan_in in enumerate(self.sizes[:-1]):
+            w, b = self._q(l)
+            s = self._prior_scale(fan_in)
+            total += kl_divergence(w, dist.Normal(torch.zeros_like(w.mean), s).to_event(2))
+            total += kl_divergence(b, dist.Normal(torch.zeros_like(b.mean), 1.0).to_event(1))
+        return float(total)
+
+    @torch.no_grad()
+    def function_samples(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
+        """Network outputs under ``num_samples`` weight draws from ``q``: ``(S, B, outputs)``."""
+        outs = []
+        for _ in range(num_samples):
+            h = x
+            for l in range(len(self.sizes) - 1):
+                w, b = self._q(l)
+                h = h @ w.sample().T + b.sample()
+                if l < len(self.sizes) - 2:
+                    h = self.activation(h)
+            outs.append(h)
+        return torch.stack(outs)
+
+    @torch.no_grad()
+    def log_predictive(self, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100):
+        """``log (1/S) sum_s p(y | x, W_s)`` per data point (in the units of ``y``)."""
+        f = self.function_samples(x, num_samples)
+        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
+        lp = self._likelihood(f).log_prob(y)
+        return torch.logsumexp(lp, 0) - math.log(num_samples)
+
+
+def interval_coverage(y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> float:
+    """Fraction of ``y`` inside ``[lower, upper]``."""
+    return ((y >= lower) & (y <= upper)).double().mean().item()
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:
+    """ECE: ``sum_b |B_b| / N * |accuracy(B_b) - confidence(B_b)|`` over confidence bins."""
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            gap = (correct[inside].mean() - confidence[inside].double().mean()).abs()
+            ece += inside.double().mean().item() * gap.item()
+    return ece
