@@ -7,6 +7,7 @@
 
 from pyro_reparam import distributions
 from pyro_reparam.checkpoint import CheckpointError
+from pyro_reparam.diagnostics import diagnose, to_datatree, vi_khat
 from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import (
     Family,
@@ -47,6 +48,7 @@ __all__ = [
     "check_elbo",
     "compare_estimators",
     "declare",
+    "diagnose",
     "distributions",
     "families_table",
     "fit",
@@ -56,4 +58,6 @@ __all__ = [
     "reparam_kind",
     "require_rsample",
     "route",
+    "to_datatree",
+    "vi_khat",
 ]
