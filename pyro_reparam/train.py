@@ -114,6 +114,7 @@ def fit(
     progress: bool = True,
     callbacks: Iterable[Callable[[int, dict], bool | None]] = (),
     clip_norm: float | None = None,
+    jit: bool = False,
     distributed: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> History:
@@ -132,6 +133,9 @@ def fit(
     :param resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
     :param callbacks: ``f(epoch, record)`` after each epoch; returning ``True`` stops the run.
     :param clip_norm: clip the global gradient norm to this value.
+    :param jit: use the TorchScript-compiled twin of the ELBO (``JitTrace_ELBO`` for
+        ``Trace_ELBO``, likewise TraceMeanField, TraceGraph, TraceEnum); pays off for models with
+        many small operations (see ``benchmarks/fit_overhead.py``).
     :param distributed: average gradients across ``torchrun`` ranks; ``None`` detects torchrun.
     :returns: the :class:`History`.
     :raises TrainingError: on a non-finite loss or gradient, naming the step, the sites with
@@ -168,6 +172,8 @@ def fit(
         history.plan = route(model, guide, *first)
         elbo = history.plan.elbo()
         say(str(history.plan))
+    if jit:
+        elbo = _jit(elbo)
     optim = optim or pyro.optim.Adam({"lr": 1e-3})
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch, start_step, partial = 0, 0, 0.0
@@ -277,6 +283,28 @@ def _step(model, guide, elbo, optim, batch, clip_norm, dist_ctx) -> tuple[float,
         optim(params)
     zero_grads(params)
     return loss, fault
+
+
+def _jit(elbo: ELBO) -> ELBO:
+    from pyro import infer
+
+    twins = {
+        infer.Trace_ELBO: infer.JitTrace_ELBO,
+        infer.TraceMeanField_ELBO: infer.JitTraceMeanField_ELBO,
+        infer.TraceGraph_ELBO: infer.JitTraceGraph_ELBO,
+        infer.TraceEnum_ELBO: infer.JitTraceEnum_ELBO,
+    }
+    twin = twins.get(type(elbo))
+    if twin is None:
+        raise ValueError(
+            f"fit: jit=True compiles {', '.join(c.__name__ for c in twins)}; this run's ELBO is "
+            f"{type(elbo).__name__}. Pass one of those as elbo=..., or jit=False"
+        )
+    return twin(
+        num_particles=elbo.num_particles,
+        max_plate_nesting=elbo.max_plate_nesting,
+        vectorize_particles=elbo.vectorize_particles,
+    )
 
 
 def _finite_grads(params: list[torch.Tensor], clip_norm: float | None) -> bool:

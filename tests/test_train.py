@@ -64,6 +64,20 @@ def test_same_seed_same_history_bit_for_bit_and_each_step_is_svi_step():
     assert all(torch.equal(pyro.param(k).detach(), p1[k]) for k in p1)
 
 
+def test_jit_gives_the_same_fit():
+    """A MAP guide draws no random numbers, so the compiled ELBO must follow the same path."""
+    from pyro.infer.autoguide import AutoDelta
+
+    out = []
+    for jit in (False, True):
+        pyro.clear_param_store()
+        h = pr.fit(model, AutoDelta(model), _data(), elbo=Trace_ELBO(), epochs=3, batch_size=16,
+                   progress=False, jit=jit)  # fmt: skip
+        out.append((h.train_elbo, pyro.param("AutoDelta.w").detach().clone()))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-5)
+
+
 def test_dataset_dataloader_validation_and_callbacks(tmp_path):
     x, y = _data()
     pyro.clear_param_store()
@@ -210,6 +224,7 @@ BAD_INPUTS = [
     ({"val_data": (X[:3] * float("inf"), Y[:3])}, ValueError, r"val_data\[0\] contains NaN"),
     ({"distributed": True}, ValueError, "not started by torchrun"),
     ({"model": None}, TypeError, "model and guide must be callables"),
+    ({"jit": True, "elbo": pr.ScoreFunctionELBO()}, ValueError, "jit=True compiles"),
     ({"epoch": 3}, TypeError, "unexpected keyword argument 'epoch'"),
 ]
 if not torch.cuda.is_available():
