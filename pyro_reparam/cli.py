@@ -58,6 +58,40 @@ def _train_dvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_bnn(args: argparse.Namespace) -> int:
+    from pyro_reparam.bnn_job import BNNJob, train_bnn
+
+    train_bnn(BNNJob(task=args.task, data=args.data, target=args.target, guide=args.guide,
+                     hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size,
+                     lr=args.lr, device=args.device, out=Path(args.out), seed=args.seed,
+                     progress=not args.quiet))  # fmt: skip
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import arviz as az
+
+    from pyro_reparam.diagnostics import diagnose
+
+    run = Path(args.run_dir)
+    found = [p for p in (run / "diagnostics" / "datatree.nc", run / "datatree.nc") if p.is_file()]
+    if not found:
+        raise SystemExit(
+            f"pyro-reparam diagnose: no datatree.nc in {run} or {run / 'diagnostics'}; runs of "
+            "`pyro-reparam train bnn` write one, or save pr.to_datatree(...) there"
+        )
+    dt = az.from_netcdf(found[0]).load()
+    report = diagnose(dt, run / "diagnostics")
+    print(report["summary"].to_string())
+    for chain, (k, reading) in enumerate(zip(report["vi_khat"], report["vi_khat_reading"],
+                                             strict=True)):  # fmt: skip
+        print(f"VI k-hat, chain {chain}: {k:.2f} ({reading})")
+    if "loo" in report:
+        print(report["loo"])
+    print(f"wrote {run / 'diagnostics'}/: " + ", ".join(report["files"]))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, out: str, epochs: int) -> None:
     p.add_argument("--data", default="digits",
                    help="'digits' (embedded) or a path to .npz / MNIST IDX images")  # fmt: skip
@@ -124,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     dvae.add_argument("--hidden", type=_positive, default=200)
     dvae.add_argument("--temperature", type=float, default=1.0)
     dvae.set_defaults(func=_train_dvae)
+    bnn = models.add_parser("bnn", help="Bayesian MLP for regression or classification")
+    bnn.add_argument("--data", default="diabetes", help="diabetes, digits, toy, or a .csv/.npz")
+    bnn.add_argument("--target", default=None, help="target column (CSV) or array (NPZ)")
+    bnn.add_argument("--task", default=None, choices=["regression", "classification"])
+    bnn.add_argument("--guide", default="local", choices=["meanfield", "local", "flipout"])
+    bnn.add_argument("--hidden", type=_positive, nargs="+", default=[50])
+    bnn.add_argument("--epochs", type=_positive, default=500)
+    bnn.add_argument("--batch-size", type=_positive, default=128)
+    bnn.add_argument("--lr", type=float, default=0.01)
+    bnn.add_argument("--device", default="cpu")
+    bnn.add_argument("--out", default="runs/bnn")
+    bnn.add_argument("--seed", type=int, default=0)
+    bnn.add_argument("--quiet", action="store_true")
+    bnn.set_defaults(func=_train_bnn)
+
+    diag = sub.add_parser("diagnose", help="ArviZ summary, k-hat, LOO and plots of a run")
+    diag.add_argument("run_dir", help="a run folder holding datatree.nc (or diagnostics/)")
+    diag.set_defaults(func=_diagnose)
     return parser
 
 

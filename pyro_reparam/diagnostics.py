@@ -17,6 +17,7 @@ fast.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,8 @@ def diagnose(dt, out: str | Path | None = None, var_names: Sequence[str] | None 
     Returns (and, with ``out``, writes into it) the ArviZ summary (``summary.txt``,
     ``summary.csv``: mean, sd, intervals, and R-hat and ESS across chains, i.e. whether
     independent SVI restarts agree), VI k-hat per chain with its reading, PSIS-LOO where there
-    is a log-likelihood, the plots ``posterior.png``, ``ppc.png`` and ``khat.png``, and the
+    is a log-likelihood, the plots ``posterior.png`` (distributions, or a forest plot beyond 12
+    scalars), ``ppc.png`` and ``khat.png``, and the
     DataTree as ``datatree.nc`` (reopen with ``arviz.from_netcdf``).
     """
     import arviz as az
@@ -228,12 +230,18 @@ def diagnose(dt, out: str | Path | None = None, var_names: Sequence[str] | None 
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.txt").write_text(summary.to_string())
     summary.to_csv(out / "summary.csv")
-    _plot(lambda: az.plot_dist(dt, var_names=var_names), out / "posterior.png")
+    size = sum(int(np.prod(v.shape[2:])) for v in dt.posterior.data_vars.values())
+    if size <= 12:
+        _plot(lambda: az.plot_dist(dt, var_names=var_names), out / "posterior.png")
+    else:  # many scalars: one row each
+        _plot(lambda: az.plot_forest(dt, var_names=var_names), out / "posterior.png")
     if "posterior_predictive" in dt.children:
         _plot(lambda: az.plot_ppc_dist(dt), out / "ppc.png")
     if "loo" in report:
         _plot(lambda: az.plot_khat(report["loo"]), out / "khat.png")
-    dt.to_netcdf(out / "datatree.nc")
+    tmp = out / "datatree.nc.tmp"  # then rename: the old file may still be open for reading
+    dt.to_netcdf(tmp)
+    os.replace(tmp, out / "datatree.nc")
     report["files"] = sorted(p.name for p in out.iterdir())
     return report
 
