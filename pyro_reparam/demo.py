@@ -97,6 +97,7 @@ def run_demo(out: str = "runs/demo", device: str = "cpu", quick: bool = False) -
 
     print("\nThe main job: a VAE (2-D Gaussian latent) on the embedded digits\n")
     job = ImageJob(out=out_dir / "vae", epochs=3 if quick else 100, device=device,
-                   iw_samples=20 if quick else 500, progress=not quick)  # fmt: skip
+                   iw_samples=20 if quick else 500, khat_particles=20 if quick else 200,
+                   progress=not quick)  # fmt: skip
     train_vae(job, latent_dim=2)
     return 0

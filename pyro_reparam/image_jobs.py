@@ -1,8 +1,9 @@
 """The command-line jobs ``pyro-reparam train vae`` and ``train dvae``: train, score, draw.
 
 Each writes into its output folder: ``metrics.json``, ``elbo.png``, ``reconstructions.png``,
-``samples.png``, ``interpolation.png``, ``latent_space.png`` (2-D Gaussian latents) and the
-checkpoint, and prints where they are.
+``samples.png``, ``interpolation.png``, ``latent_space.png`` (2-D Gaussian latents), for the
+VAE ``khat.png`` (per-image VI k-hat of the encoder) and the checkpoint, and prints where they
+are.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 
 from pyro_reparam.data import ImageData, load_images
+from pyro_reparam.diagnostics import vi_khat
 from pyro_reparam.plots import image_rows, latent_scatter
 from pyro_reparam.train import fit
 
@@ -32,6 +35,7 @@ class ImageJob:
     out: Path = Path("runs/vae")
     seed: int = 0
     iw_samples: int = 500
+    khat_particles: int = 200
     progress: bool = True
 
 
@@ -119,6 +123,9 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
     if latent_dim == 2:
         files["latent_space"] = latent_scatter(vae.encode(x_test), test.labels,
                                                out / "latent_space.png")  # fmt: skip
+    khat = vi_khat(vae.model, vae.guide, x_test[:100], num_particles=job.khat_particles,
+                   plate="data")  # fmt: skip
+    files["khat"] = _khat_histogram(khat, out / "khat.png")
     metrics = {
         "model": "VAE",
         "data": train.name,
@@ -133,6 +140,12 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
         "test_log_likelihood": log_px,
         "log_likelihood_samples": job.iw_samples,
         "autoencoder_final_train_nll": ae_losses[-1],
+        "vi_khat_per_datapoint": {
+            "median": float(np.median(khat)),
+            "fraction_above_0.7": float((khat > 0.7).mean()),
+            "test_images": len(khat),
+            "particles": job.khat_particles,
+        },
         "seconds": seconds,
         "device": str(dev),
         "files": {k: str(v) for k, v in files.items()} | {"checkpoint": str(history.checkpoint)},
@@ -214,6 +227,28 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _report(metrics, out)
     return metrics
+
+
+def _khat_histogram(khat: np.ndarray, path: Path) -> Path:
+    """Per-image VI k-hat of the amortized guide, with the 0.5 and 0.7 reading lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.hist(khat[np.isfinite(khat)], bins=25, color="tab:blue", alpha=0.8)
+    top = ax.get_ylim()[1] * 0.95
+    for x, label, side in ((0.5, "good < 0.5 ", "right"), (0.7, " > 0.7 unreliable", "left")):
+        ax.axvline(x, color="k", ls="--", lw=1)
+        ax.text(x, top, label, fontsize=8, va="top", ha=side)
+    ax.set_xlabel("Pareto k-hat of p(x, z) / q(z | x), one per test image")
+    ax.set_ylabel("images")
+    ax.set_title("Is the encoder a good importance sampler?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _report(metrics: dict, out: Path) -> None:

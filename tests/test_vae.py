@@ -72,7 +72,8 @@ def test_cli_train_vae_writes_every_output(tmp_path, capsys):
           "--iw-samples", "5", "--hidden", "16"])  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["test_elbo"]) == 2 and metrics["latent_dim"] == 2
-    for name in ("elbo", "reconstructions", "samples", "interpolation", "latent_space"):
+    assert 0 <= metrics["vi_khat_per_datapoint"]["fraction_above_0.7"] <= 1
+    for name in ("elbo", "reconstructions", "samples", "interpolation", "latent_space", "khat"):
         assert (tmp_path / f"{name}.png").stat().st_size > 2000, name
     assert (tmp_path / "checkpoint.pt").exists()
     assert "wrote" in capsys.readouterr().out
