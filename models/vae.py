@@ -66,7 +66,28 @@ def _decode_batched(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return out.reshape(*z.shape[:-1], out.shape[-1])
 
 
-class VAE(nn.Module):
+class _Decoding(nn.Module):
+    """``decode``, ``reconstruct`` and ``interpolate`` for a model with ``encode``, a
+    ``decoder`` and a pixel ``likelihood``."""
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``E[x | z]``, shape ``(B, x_dim)``."""
+        return pixel_mean(self.likelihood, _decode_batched(self.decoder, z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decode ``steps`` evenly spaced points between the codes of ``x1`` and ``x2``."""
+        z1, z2 = self.encode(x1.reshape(1, -1)), self.encode(x2.reshape(1, -1))
+        w = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)[:, None]
+        return self.decode((1 - w) * z1 + w * z2)
+
+
+class VAE(_Decoding):
     """Variational autoencoder with a Gaussian latent (Kingma & Welling 2014).
 
     ``p(z) = N(0, I_d)``, ``p(x | z)`` a pixel likelihood on the decoder output,
@@ -149,24 +170,8 @@ class VAE(nn.Module):
         return self.posterior(x).mean
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``E[x | z]``, shape ``(B, x_dim)``."""
-        return pixel_mean(self.likelihood, _decode_batched(self.decoder, z))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         return self.decode(self.prior((n,)).sample())
-
-    @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        """Decode ``steps`` evenly spaced points between the posterior means of ``x1``, ``x2``."""
-        z1, z2 = self.encode(x1.reshape(1, -1)), self.encode(x2.reshape(1, -1))
-        w = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)[:, None]
-        return self.decode((1 - w) * z1 + w * z2)
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
@@ -178,7 +183,7 @@ class VAE(nn.Module):
         return importance_log_likelihood(log_w)
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(_Decoding):
     """The deterministic autoencoder with :class:`VAE`'s architecture, trained by minimizing the
     same pixel negative log-likelihood of ``decode(encode(x))`` (no prior, no noise). It
     reconstructs well, but its latent space has no density: points between two codes need not
@@ -215,17 +220,3 @@ class Autoencoder(nn.Module):
                 total += loss.item()
             losses.append(total / len(x))
         return losses
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return pixel_mean(self.likelihood, _decode_batched(self.decoder, z))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        z1, z2 = self.encode(x1.reshape(1, -1)), self.encode(x2.reshape(1, -1))
-        w = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)[:, None]
-        return self.decode((1 - w) * z1 + w * z2)

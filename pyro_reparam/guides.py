@@ -196,8 +196,14 @@ class AutoReparamGuide(AutoGuide):
     def forward(self, *args, **kwargs):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
+        return {
+            name: pyro.sample(name, q, infer=infer)
+            for name, _site, q, infer in self._site_distributions(args, kwargs)
+        }
+
+    def _site_distributions(self, args, kwargs):
+        """Yield ``(name, site, q, infer)`` per latent site, inside the site's plates."""
         plates = self._create_plates(*args, **kwargs)
-        result = {}
         for name, site in self._sites().items():
             with ExitStack() as stack:
                 for frame in site["cond_indep_stack"]:
@@ -205,8 +211,7 @@ class AutoReparamGuide(AutoGuide):
                         stack.enter_context(plates[frame.name])
                 params = self._site_params(name, site, plates, args, kwargs)
                 q, infer = self._q(name, site, params)
-                result[name] = pyro.sample(name, q, infer=infer)
-        return result
+                yield name, site, q, infer
 
     def _subsample(self, value, site, plates, event_dim):
         for frame in site["cond_indep_stack"]:
@@ -337,15 +342,8 @@ class AutoReparamGuide(AutoGuide):
                 f"AutoReparamGuide: sites {sorted(self.encoders)} are amortized; pass the "
                 "model's arguments to median()/quantiles()"
             )
-        plates = self._create_plates(*args, **kwargs)
         out = {}
-        for name, site in self._sites().items():
-            with ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        stack.enter_context(plates[frame.name])
-                params = self._site_params(name, site, plates, args, kwargs)
-            q, _ = self._q(name, site, params)
+        for name, site, q, _infer in self._site_distributions(args, kwargs):
             family = (
                 "discrete" if site["fn"].support.is_discrete else self.families.get(name, "normal")
             )
