@@ -1,5 +1,5 @@
-"""The demo job: the families table, a routed mixed model, the variance it buys, and the main
-job (a VAE on the embedded digits)."""
+"""The demo job: the families table, a routed mixed model, the variance it buys, the main job
+(a VAE on the embedded digits) and a short Bayesian neural network."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
 
+from pyro_reparam.bnn_job import BNNJob, train_bnn
 from pyro_reparam.families import Kind, iter_families
 from pyro_reparam.gradients import compare_estimators, format_comparison
 from pyro_reparam.image_jobs import ImageJob, train_vae
@@ -97,7 +98,11 @@ def run_demo(out: str = "runs/demo", device: str = "cpu", quick: bool = False) -
 
     print("\nThe main job: a VAE (2-D Gaussian latent) on the embedded digits\n")
     job = ImageJob(out=out_dir / "vae", epochs=3 if quick else 100, device=device,
-                   iw_samples=20 if quick else 500, khat_particles=20 if quick else 200,
+                   iw_samples=20 if quick else 500, khat_particles=60 if quick else 200,
                    progress=not quick)  # fmt: skip
     train_vae(job, latent_dim=2)
+
+    print("\nA Bayesian neural network (local reparameterization) on the diabetes data\n")
+    train_bnn(BNNJob(data="diabetes", epochs=5 if quick else 300, out=out_dir / "bnn",
+                     progress=not quick))  # fmt: skip
     return 0

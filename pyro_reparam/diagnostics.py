@@ -26,6 +26,7 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 
+MIN_PARTICLES = 50
 KHAT_READING = ((0.5, "good"), (0.7, "usable"), (math.inf, "unreliable"))
 
 
@@ -76,6 +77,11 @@ def pareto_khat(log_weights: torch.Tensor | np.ndarray) -> float | np.ndarray:
     from arviz_stats.base import array_stats
 
     lw = torch.as_tensor(log_weights, dtype=torch.float64).numpy()
+    if lw.shape[0] < MIN_PARTICLES:
+        raise ValueError(
+            f"pareto_khat: {lw.shape[0]} draws leave too short a tail to fit; use at least "
+            f"{MIN_PARTICLES} (a few hundred for a stable estimate)"
+        )
     lw = np.moveaxis(lw, 0, -1)
     spread = lw.max(-1) - lw.min(-1)
     khat = np.full(lw.shape[:-1], -np.inf)

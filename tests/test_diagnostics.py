@@ -89,6 +89,8 @@ def test_pareto_khat_shapes_and_constant_weights():
     heavy = np.log(rng.pareto(1.0, 4000) + 1)  # tail index 1: k near 1
     assert pareto_khat(heavy) > 0.7
     assert pareto_khat(np.zeros(100)) == -math.inf
+    with pytest.raises(ValueError, match="too short a tail"):
+        pareto_khat(rng.standard_normal(20))
 
 
 def _fit_restart(model, x, seed, init_loc):
