@@ -65,6 +65,30 @@ def _pair(test: ImageData, a: int = 2, b: int = 9) -> tuple[torch.Tensor, torch.
     return test.images[test.labels == a][0], test.images[test.labels == b][0]
 
 
+def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **options):
+    """Train ``net.model``/``net.guide`` with the job's settings; returns the history, the
+    training seconds and the test images on the device (RNG reseeded for scoring)."""
+    t = time.perf_counter()
+    history = fit(
+        net.model,
+        net.guide,
+        train.images,
+        optim=pyro.optim.Adam({"lr": job.lr}),
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        device=job.device,
+        seed=job.seed,
+        val_data=test.images,
+        checkpoint_dir=out,
+        progress=job.progress,
+        **options,
+    )
+    seconds = time.perf_counter() - t
+    net.eval()
+    torch.manual_seed(job.seed)
+    return history, seconds, test.images.to(job.device)
+
+
 def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuous_bernoulli",
               kl: str = "analytic", iwae: int | None = None, hidden: int = 256,
               conv: bool = False) -> dict:  # fmt: skip
@@ -79,25 +103,7 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
     torch.manual_seed(job.seed)
     arch = {"hidden": (hidden,), "likelihood": likelihood, "conv": conv, "image_shape": train.shape}
     vae = VAE(train.images.shape[1], latent_dim, kl=kl, iwae_particles=iwae, **arch)
-    t = time.perf_counter()
-    history = fit(
-        vae.model,
-        vae.guide,
-        train.images,
-        elbo=vae.elbo(),
-        optim=pyro.optim.Adam({"lr": job.lr}),
-        epochs=job.epochs,
-        batch_size=job.batch_size,
-        device=dev,
-        seed=job.seed,
-        val_data=test.images,
-        checkpoint_dir=out,
-        progress=job.progress,
-    )
-    seconds = time.perf_counter() - t
-    x_test = test.images.to(dev)
-    vae.eval()
-    torch.manual_seed(job.seed)
+    history, seconds, x_test = _fit(vae, job, train, test, out, elbo=vae.elbo())
     log_px = vae.log_likelihood(x_test, num_samples=job.iw_samples).mean().item()
     ae = Autoencoder(train.images.shape[1], latent_dim, **arch).to(dev)
     ae_losses = ae.fit(train.images.to(dev), epochs=job.epochs, batch_size=job.batch_size,
@@ -171,25 +177,7 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
                        num_categories=num_categories, hidden=(hidden,), estimator=estimator,
                        temperature=temperature)  # fmt: skip
     callbacks = [lambda epoch, _r: dvae.anneal(epoch)] if estimator == "relaxed" else []
-    t = time.perf_counter()
-    history = fit(
-        dvae.model,
-        dvae.guide,
-        train.images,
-        optim=pyro.optim.Adam({"lr": job.lr}),
-        epochs=job.epochs,
-        batch_size=job.batch_size,
-        device=dev,
-        seed=job.seed,
-        val_data=test.images,
-        checkpoint_dir=out,
-        progress=job.progress,
-        callbacks=callbacks,
-    )
-    seconds = time.perf_counter() - t
-    x_test = test.images.to(dev)
-    torch.manual_seed(job.seed)
-    dvae.eval()
+    history, seconds, x_test = _fit(dvae, job, train, test, out, callbacks=callbacks)
     log_px = dvae.log_likelihood(x_test, num_samples=job.iw_samples).mean().item()
     shape = train.shape
     files = {"elbo": history.plot(out / "elbo.png", f"DiscreteVAE ({estimator}) ELBO per image")}
