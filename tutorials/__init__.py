@@ -1,0 +1,1 @@
+"""Executed tutorial notebooks; ``python -m tutorials.run`` runs them."""
