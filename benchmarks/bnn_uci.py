@@ -17,7 +17,6 @@ the training part of split 0, never on a test split.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -35,6 +34,7 @@ from sklearn.linear_model import BayesianRidge
 from torch import nn
 
 import pyro_reparam as pr
+from benchmarks.report import write
 from pyro_reparam.text import format_table
 
 SPLITS, EPOCHS, BATCH, LR, HIDDEN = 10, 500, 128, 0.01, 50
@@ -70,8 +70,17 @@ def _pyro_baseline(xtr, ytr, xte, yte, seed):
     n = len(a)
     model = lambda x, y: net(x, y, num_data=n)  # noqa: E731
     guide = AutoNormal(model)
-    pr.fit(model, guide, (a, b), elbo=Trace_ELBO(), epochs=EPOCHS, batch_size=BATCH, seed=seed,
-           optim=pyro.optim.ClippedAdam({"lr": LR, "clip_norm": 10.0}), progress=False)  # fmt: skip
+    pr.fit(
+        model,
+        guide,
+        (a, b),
+        elbo=Trace_ELBO(),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        seed=seed,
+        optim=pyro.optim.ClippedAdam({"lr": LR, "clip_norm": 10.0}),
+        progress=False,
+    )
     post = Predictive(net, guide=guide, num_samples=200, return_sites=["f", "sigma", "obs"])
     with torch.no_grad():
         draws = post((xte - xm) / xs)
@@ -125,9 +134,11 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         for name, fn in methods.items():
             t = time.perf_counter()
             scores[name].append(fn(x[tr], y[tr], x[te], y[te], split))
-            log(f"split {split} {name:<34} rmse {scores[name][-1][0]:6.2f} "
+            log(
+                f"split {split} {name:<34} rmse {scores[name][-1][0]:6.2f} "
                 f"nll {scores[name][-1][1]:6.3f} cov {scores[name][-1][2]:.2f} "
-                f"({time.perf_counter() - t:.0f} s)")  # fmt: skip
+                f"({time.perf_counter() - t:.0f} s)"
+            )
     table, rows = {}, []
     for name, vals in scores.items():
         cols = list(zip(*vals, strict=True))
@@ -143,11 +154,12 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
     log(f"plugin minus BayesianRidge NLL, paired over splits: {paired[0]:+.3f} ± {paired[1]:.3f}")
     summary = {"splits": splits, "epochs": EPOCHS, "quick": quick, "results": table,
                "per_split": scores, "plugin_minus_ridge_nll": paired}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bnn_uci.json").write_text(json.dumps(summary, indent=2))
-    (out / "bnn_uci.md").write_text(
-        f"# BNNs on diabetes: {splits} random 90/10 splits, {EPOCHS} epochs\n\n"
-        f"```\n{text}\n```\n\n"
-        f"plugin minus BayesianRidge test NLL (paired): {paired[0]:+.3f} ± {paired[1]:.3f}\n"
+    write(
+        out,
+        "bnn_uci",
+        summary,
+        f"BNNs on diabetes: {splits} random 90/10 splits, {EPOCHS} epochs",
+        f"```\n{text}\n```\n\nplugin minus BayesianRidge test NLL (paired): "
+        f"{paired[0]:+.3f} ± {paired[1]:.3f}\n",
     )
     return summary

@@ -12,7 +12,6 @@ to a multiple of 100), and the bare score function (``Trace_ELBO``, one particle
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from pyro_reparam.models import DiscreteVAE
 
 import pyro_reparam as pr
+from benchmarks.report import write
 from pyro_reparam.data import load_digits
 from pyro_reparam.text import format_table
 
@@ -65,9 +65,19 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         data = train[: len(train) - len(train) % BATCH] if guide_kind == "pyro" else train
         callbacks = [lambda e, _r, d=dvae: d.anneal(e)] if estimator == "relaxed" else []
         t = time.perf_counter()
-        h = pr.fit(dvae.model, guide, data, elbo=elbo, optim=pyro.optim.Adam({"lr": 1e-3}),
-                   epochs=epochs, batch_size=BATCH, seed=0, progress=False, callbacks=callbacks,
-                   log=lambda _m: None)  # fmt: skip
+        h = pr.fit(
+            dvae.model,
+            guide,
+            data,
+            elbo=elbo,
+            optim=pyro.optim.Adam({"lr": 1e-3}),
+            epochs=epochs,
+            batch_size=BATCH,
+            seed=0,
+            progress=False,
+            callbacks=callbacks,
+            log=lambda _m: None,
+        )
         seconds = time.perf_counter() - t
         torch.manual_seed(1)
         results[name] = {
@@ -90,10 +100,11 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
     log(f"best: {best}; routed default is {gap:.2f} nats/image below it (acceptance: <= 5)")
     summary = {"epochs": epochs, "quick": quick, "results": results, "best": best,
                "routed_gap_to_best": gap}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dvae_options.json").write_text(json.dumps(summary, indent=2))
-    (out / "dvae_options.md").write_text(
-        f"# DiscreteVAE estimators on binarized digits, {epochs} epochs\n\n```\n{text}\n```\n\n"
-        f"best: {best}; routed default {gap:.2f} nats/image below it\n"
+    write(
+        out,
+        "dvae_options",
+        summary,
+        f"DiscreteVAE estimators on binarized digits, {epochs} epochs",
+        f"```\n{text}\n```\n\nbest: {best}; routed default {gap:.2f} nats/image below it\n",
     )
     return summary

@@ -9,7 +9,6 @@ timed ``REPEATS`` times (interleaved); the table gives the median seconds per st
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_reparam as pr
+from benchmarks.report import write
 from pyro_reparam.data import load_digits
 from pyro_reparam.text import format_table
 
@@ -89,10 +89,12 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         rows.append([name, f"{med * 1e3:.3f} ms", f"{100 * (med / base - 1):+.1f}%"])
     text = format_table(["loop", "per step (median)", "overhead"], rows)
     log(text)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"batch_size": BATCH, "steps": steps, "quick": quick, "results": table}
-    (out / "fit_overhead.json").write_text(json.dumps(summary, indent=2))
-    (out / "fit_overhead.md").write_text(
-        f"# pr.fit overhead, CPU, batch {BATCH}, {steps} steps per run\n\n```\n{text}\n```\n"
+    write(
+        out,
+        "fit_overhead",
+        summary,
+        f"pr.fit overhead, CPU, batch {BATCH}, {steps} steps per run",
+        f"```\n{text}\n```\n",
     )
     return summary

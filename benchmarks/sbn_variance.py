@@ -15,7 +15,6 @@ gradient and ``m_ref`` (a biased estimator shows up there). Estimators with ``K`
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pyro.optim import Adam
 from pyro_reparam.models import DiscreteVAE
 
 import pyro_reparam as pr
+from benchmarks.report import write
 from pyro_reparam.data import load_digits
 from pyro_reparam.text import format_table
 
@@ -197,7 +197,6 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         for k in (2, 4, 8)
     }
     summary = {
-        "machine": _machine(),
         "quick": quick,
         "training": history,
         "final_kl_per_image": kl,
@@ -207,22 +206,15 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "last_batch": checks,
     }
     log(f"routed default / TraceGraph+decaying at K=4: {ratio:.3f} (acceptance: <= 0.5)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sbn_variance.json").write_text(json.dumps(summary, indent=2))
-    (out / "sbn_variance.md").write_text(
-        f"# Encoder-gradient variance, sigmoid belief net on digits\n\n"
+    write(
+        out,
+        "sbn_variance",
+        summary,
+        "Encoder-gradient variance, sigmoid belief net on digits",
         f"KL {kl:.2f} nats/image after {epochs} epochs; minibatches of {BATCH}, shuffled; "
         f"{evaluations} model evaluations per estimator.\n\n```\n{text}\n```\n\n"
         f"routed / TraceGraph+decaying at K=4: {ratio:.3f}\n\n"
         + "\n".join(f"- smaller last batch, {k}: {v}" for k, v in checks.items())
-        + "\n"
+        + "\n",
     )
     return summary
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"

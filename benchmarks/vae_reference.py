@@ -10,7 +10,6 @@ the test ELBO with 100 samples per image and the importance-sampled log-likeliho
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
 import pyro_reparam as pr
+from benchmarks.report import write
 from pyro_reparam.data import load_digits
 from pyro_reparam.text import format_table
 
@@ -92,15 +92,26 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
     t = time.perf_counter()
     torch.manual_seed(0)
     ref = train_reference(train, 0, epochs)
-    results["hand-written PyTorch (analytic KL)"] = (*score(ref.encoder, ref.decoder, test),
-                                                     time.perf_counter() - t)  # fmt: skip
+    results["hand-written PyTorch (analytic KL)"] = (
+        *score(ref.encoder, ref.decoder, test),
+        time.perf_counter() - t,
+    )
     for kl in ("analytic", "mc"):
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = VAE(64, LATENT, hidden=(HIDDEN,), kl=kl)
         t = time.perf_counter()
-        pr.fit(vae.model, vae.guide, train, elbo=vae.elbo(), optim=pyro.optim.Adam({"lr": LR}),
-               epochs=epochs, batch_size=BATCH, seed=0, progress=False)  # fmt: skip
+        pr.fit(
+            vae.model,
+            vae.guide,
+            train,
+            elbo=vae.elbo(),
+            optim=pyro.optim.Adam({"lr": LR}),
+            epochs=epochs,
+            batch_size=BATCH,
+            seed=0,
+            progress=False,
+        )
         name = f"pyro_reparam VAE, kl={kl!r}"
         results[name] = (*score(vae.encoder, vae.decoder, test), time.perf_counter() - t)
     rows = [[n, f"{e:.3f}", f"{ll:.3f}", f"{s:.1f}"] for n, (e, ll, s) in results.items()]
@@ -118,11 +129,11 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "plugin_minus_reference": gap,
         "quick": quick,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vae_reference.json").write_text(json.dumps(summary, indent=2))
-    (out / "vae_reference.md").write_text(
-        f"# VAE on digits vs a hand-written PyTorch VAE ({epochs} epochs, CPU)\n\n"
-        f"```\n{text}\n```\n\n"
-        f"plugin (analytic KL) minus reference: {gap:+.3f} nats/image\n"
+    write(
+        out,
+        "vae_reference",
+        summary,
+        f"VAE on digits vs a hand-written PyTorch VAE ({epochs} epochs, CPU)",
+        f"```\n{text}\n```\n\nplugin (analytic KL) minus reference: {gap:+.3f} nats/image\n",
     )
     return summary

@@ -22,6 +22,7 @@ import torch
 
 from pyro_reparam.diagnostics import diagnose, to_datatree
 from pyro_reparam.models.bnn import BayesianMLP, expected_calibration_error, interval_coverage
+from pyro_reparam.plots import pyplot
 
 TEST_FRACTION = 0.1
 
@@ -184,17 +185,8 @@ def _diagnostics(bnn: BayesianMLP, xtr, ytr, out: Path) -> dict:
     }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bands(bnn, x, y, path):
-    plt = _plt()
+    plt = pyplot()
     grid = torch.linspace(-5, 5, 300)[:, None]
     p = bnn.predict(grid, num_samples=300)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
@@ -217,7 +209,7 @@ def _bands(bnn, x, y, path):
 
 def _calibration(bnn, x, y, path):
     """Observed coverage of central predictive intervals against their nominal level."""
-    plt = _plt()
+    plt = pyplot()
     levels = [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     qs = sorted(
         {round((1 - lv) / 2, 4) for lv in levels} | {round((1 + lv) / 2, 4) for lv in levels}
@@ -241,7 +233,7 @@ def _calibration(bnn, x, y, path):
 
 
 def _reliability(probs, labels, path, bins: int = 10):
-    plt = _plt()
+    plt = pyplot()
     conf, pred = probs.max(-1)
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1)

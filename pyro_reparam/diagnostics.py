@@ -253,11 +253,9 @@ def diagnose(dt, out: str | Path | None = None, var_names: Sequence[str] | None 
 
 
 def _plot(draw, path: Path) -> None:
-    import matplotlib
+    from pyro_reparam.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pc = draw()
     pc.savefig(path) if hasattr(pc, "savefig") else plt.gcf().savefig(path)
     plt.close("all")

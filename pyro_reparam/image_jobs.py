@@ -19,7 +19,7 @@ import torch
 
 from pyro_reparam.data import ImageData, load_images
 from pyro_reparam.diagnostics import vi_khat
-from pyro_reparam.plots import image_rows, latent_scatter
+from pyro_reparam.plots import image_rows, latent_scatter, pyplot
 from pyro_reparam.train import fit
 
 
@@ -65,6 +65,33 @@ def _pair(test: ImageData, a: int = 2, b: int = 9) -> tuple[torch.Tensor, torch.
     return test.images[test.labels == a][0], test.images[test.labels == b][0]
 
 
+def _start(job: ImageJob) -> tuple[Path, torch.device]:
+    """The output folder (created) and the device; a fresh param store and seed."""
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pyro.clear_param_store()
+    torch.manual_seed(job.seed)
+    return out, torch.device(job.device)
+
+
+def _finish(metrics, job, history, log_px, seconds, files, out) -> dict:
+    """Add what every image job reports, write ``metrics.json`` and say where things are."""
+    metrics |= {
+        "epochs": job.epochs,
+        "train_elbo": history.train_elbo,
+        "test_elbo": history.val_elbo,
+        "final_test_elbo": history.val_elbo[-1],
+        "test_log_likelihood": log_px,
+        "log_likelihood_samples": job.iw_samples,
+        "seconds": seconds,
+        "device": job.device,
+        "files": {k: str(v) for k, v in files.items()} | {"checkpoint": str(history.checkpoint)},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _report(metrics, out)
+    return metrics
+
+
 def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **options):
     """Train ``net.model``/``net.guide`` with the job's settings; returns the history, the
     training seconds and the test images on the device (RNG reseeded for scoring)."""
@@ -96,11 +123,7 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
     from pyro_reparam.models import VAE, Autoencoder
 
     train, test = _load(job, binarize=likelihood == "bernoulli")
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(job.device)
-    pyro.clear_param_store()
-    torch.manual_seed(job.seed)
+    out, dev = _start(job)
     arch = {"hidden": (hidden,), "likelihood": likelihood, "conv": conv, "image_shape": train.shape}
     vae = VAE(train.images.shape[1], latent_dim, kl=kl, iwae_particles=iwae, **arch)
     history, seconds, x_test = _fit(vae, job, train, test, out, elbo=vae.elbo())
@@ -139,12 +162,6 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
         "likelihood": likelihood,
         "kl": kl,
         "iwae_particles": iwae,
-        "epochs": job.epochs,
-        "train_elbo": history.train_elbo,
-        "test_elbo": history.val_elbo,
-        "final_test_elbo": history.val_elbo[-1],
-        "test_log_likelihood": log_px,
-        "log_likelihood_samples": job.iw_samples,
         "autoencoder_final_train_nll": ae_losses[-1],
         "vi_khat_per_datapoint": {
             "median": float(np.median(khat)),
@@ -152,13 +169,8 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
             "test_images": len(khat),
             "particles": job.khat_particles,
         },
-        "seconds": seconds,
-        "device": str(dev),
-        "files": {k: str(v) for k, v in files.items()} | {"checkpoint": str(history.checkpoint)},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _report(metrics, out)
-    return metrics
+    return _finish(metrics, job, history, log_px, seconds, files, out)
 
 
 def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 64,
@@ -168,11 +180,7 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
     from pyro_reparam.models import DiscreteVAE
 
     train, test = _load(job, binarize=True)
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(job.device)
-    pyro.clear_param_store()
-    torch.manual_seed(job.seed)
+    out, dev = _start(job)
     dvae = DiscreteVAE(train.images.shape[1], latent=latent, num_latents=num_latents,
                        num_categories=num_categories, hidden=(hidden,), estimator=estimator,
                        temperature=temperature)  # fmt: skip
@@ -201,29 +209,14 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
         "num_latents": num_latents,
         "estimator": estimator,
         "routing": str(history.plan),
-        "epochs": job.epochs,
-        "train_elbo": history.train_elbo,
-        "test_elbo": history.val_elbo,
-        "final_test_elbo": history.val_elbo[-1],
-        "test_log_likelihood": log_px,
-        "log_likelihood_samples": job.iw_samples,
         "kl_per_image": dvae.kl(x_test).mean().item(),
-        "seconds": seconds,
-        "device": str(dev),
-        "files": {k: str(v) for k, v in files.items()} | {"checkpoint": str(history.checkpoint)},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _report(metrics, out)
-    return metrics
+    return _finish(metrics, job, history, log_px, seconds, files, out)
 
 
 def _khat_histogram(khat: np.ndarray, path: Path) -> Path:
     """Per-image VI k-hat of the amortized guide, with the 0.5 and 0.7 reading lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.hist(khat[np.isfinite(khat)], bins=25, color="tab:blue", alpha=0.8)
     top = ax.get_ylim()[1] * 0.95

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def image_rows(
     title: str = "",
 ) -> Path:
     """One row of images per tensor in ``rows`` (each ``(n, H * W)``), labelled on the left."""
-    plt = _plt()
+    plt = pyplot()
     n = max(r.shape[0] for r in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 1.2, 1.0 * len(rows) + 0.4),
                              squeeze=False)  # fmt: skip
@@ -52,7 +53,7 @@ def image_rows(
 
 def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
     """2-D latent codes coloured by label."""
-    plt = _plt()
+    plt = pyplot()
     z = z.detach().cpu().numpy()
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     colours = None if labels is None else labels.cpu().numpy()

@@ -70,16 +70,11 @@ class History:
     def val_elbo(self) -> list[float | None]:
         return [r["val_elbo"] for r in self.records]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "stopped_early": self.stopped_early}
-
     def plot(self, path: str | Path, title: str = "ELBO") -> Path:
         """Save the train (and validation) ELBO curves as a PNG."""
-        import matplotlib
+        from pyro_reparam.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         epochs = [r["epoch"] for r in self.records]
         fig, ax = plt.subplots(figsize=(6, 3.6))
         ax.plot(epochs, self.train_elbo, label="train", marker="." if len(epochs) < 30 else None)
