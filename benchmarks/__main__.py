@@ -13,7 +13,9 @@ BENCHMARKS = {
     "fit_overhead": "benchmarks.fit_overhead",
     "vae_reference": "benchmarks.vae_reference",
     "dvae_options": "benchmarks.dvae_options",
+    "bnn_defaults": "benchmarks.bnn_defaults",
     "bnn_uci": "benchmarks.bnn_uci",
+    "bnn_speed": "benchmarks.bnn_speed",
 }
 
 

@@ -98,15 +98,17 @@ class DiscreteVAE(nn.Module):
         """``q(z | x)``; with ``relaxed`` its straight-through relaxation at ``temperature``."""
         logits = self.encode(x)
         t = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
+        # The straight-through relaxations score the soft sample, which sits on the simplex
+        # only up to float rounding; Pyro's support check would reject it.
         if self.latent == "bernoulli":
             q = (
-                dist.RelaxedBernoulliStraightThrough(t, logits=logits)
+                dist.RelaxedBernoulliStraightThrough(t, logits=logits, validate_args=False)
                 if relaxed
                 else dist.Bernoulli(logits=logits)
             )
         else:
             q = (
-                dist.RelaxedOneHotCategoricalStraightThrough(t, logits=logits)
+                dist.RelaxedOneHotCategoricalStraightThrough(t, logits=logits, validate_args=False)
                 if relaxed
                 else dist.OneHotCategorical(logits=logits)
             )

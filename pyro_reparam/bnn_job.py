@@ -117,8 +117,10 @@ def train_bnn(job: BNNJob) -> dict:
     bnn = BayesianMLP(x.shape[1], classes, job.hidden, task=task, guide=job.guide)
     t = time.perf_counter()
     history = bnn.fit(xtr, ytr, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
-                      seed=job.seed, progress=job.progress, checkpoint_dir=out)  # fmt: skip
+                      seed=job.seed, progress=job.progress, checkpoint_dir=out,
+                      device=job.device)  # fmt: skip
     seconds = time.perf_counter() - t
+    bnn.to("cpu")  # scoring, plots and diagnostics on the CPU
     metrics = {
         "model": "BayesianMLP",
         "data": name,

@@ -140,7 +140,7 @@ def fit(
     _check_options(
         model, guide, elbo, optim, epochs, batch_size, checkpoint_dir, resume, callbacks, clip_norm
     )
-    device = _device(device)
+    device = resolve_device(device)
     dist_ctx = _Distributed.detect(distributed, device)
     batches = _Batches(data, batch_size, seed, device, dist_ctx, "data")
     val = (
@@ -386,7 +386,8 @@ def _progress(enabled, epochs, start_epoch, steps_per_epoch):
     )
 
 
-def _device(device) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (``None`` -> CPU), with an error that says what to pass."""
     if device is None:
         return torch.device("cpu")
     try:

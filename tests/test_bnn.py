@@ -43,7 +43,7 @@ def test_the_three_estimators_estimate_the_same_elbo():
     for guide in ("meanfield", "local", "flipout"):
         bnn = _bnn("meanfield")  # same parameters for all three
         bnn.guide_kind = guide
-        elbo = bnn.elbo()
+        elbo = bnn.elbo(traced=True)
         pyro.set_rng_seed(1)
         losses = torch.tensor([elbo.loss(bnn.model, bnn.guide, x, y) for _ in range(600)])
         means[guide] = (losses.mean().item(), losses.std().item() / math.sqrt(600))
@@ -51,6 +51,44 @@ def test_the_three_estimators_estimate_the_same_elbo():
     for guide in ("local", "flipout"):
         m, se = means[guide]
         assert abs(m - ref) < 4 * math.hypot(se, ref_se), (guide, means)
+
+
+def test_direct_elbo_equals_pyros_traced_elbo():
+    """Weight sampling draws the weights in the guide's order, so with one seed the direct ELBO
+    and TraceMeanField_ELBO see the same draws: equal losses and equal gradients."""
+    x, y = _toy(32)
+    bnn = _bnn("meanfield")
+    results = []
+    for elbo in (bnn.elbo(traced=True), bnn.elbo()):
+        pyro.set_rng_seed(3)
+        bnn.zero_grad()
+        loss = elbo.loss_and_grads(bnn.model, bnn.guide, x, y, num_data=320)
+        results.append((loss, [p.grad.clone() for p in bnn.parameters() if p.grad is not None]))
+    (traced, g_traced), (direct, g_direct) = results
+    assert direct == pytest.approx(traced, rel=1e-5)
+    assert len(g_direct) == len(g_traced) > 0
+    for a, b in zip(g_direct, g_traced, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_direct_elbo_agrees_in_expectation_for_local_and_flipout():
+    x, y = _toy(32)
+    for guide in ("local", "flipout"):
+        bnn = _bnn(guide)
+        means = []
+        for elbo in (bnn.elbo(traced=True), bnn.elbo()):
+            pyro.set_rng_seed(4)
+            losses = torch.tensor([elbo.loss(bnn.model, bnn.guide, x, y) for _ in range(400)])
+            means.append((losses.mean().item(), losses.std().item() / math.sqrt(400)))
+        (m1, se1), (m2, se2) = means
+        assert abs(m1 - m2) < 4 * math.hypot(se1, se2), (guide, means)
+
+
+def test_direct_elbo_needs_targets():
+    x, _ = _toy(8)
+    bnn = _bnn("local")
+    with pytest.raises(ValueError, match="needs the observed targets y"):
+        bnn.elbo().loss(bnn.model, bnn.guide, x)
 
 
 def test_local_reparameterization_lowers_gradient_variance():
@@ -118,3 +156,23 @@ def test_bad_options():
         BayesianMLP(1, prior=-1.0)
     with pytest.raises(ValueError, match="heteroscedastic"):
         BayesianMLP(1, task="classification", noise="heteroscedastic")
+
+
+def test_fit_names_a_bad_device():
+    x, y = _toy(16)
+    with pytest.raises(ValueError, match="device="):
+        BayesianMLP(1, 1, (4,)).fit(x, y, epochs=1, device="gpu0")
+
+
+@pytest.mark.cuda
+def test_fit_and_predict_on_cuda():
+    x, y = _toy(64)
+    torch.manual_seed(0)
+    bnn = BayesianMLP(1, 1, (16,))
+    h = bnn.fit(x, y, epochs=3, batch_size=32, device="cuda")
+    assert all(math.isfinite(v) for v in h.train_elbo)
+    p = bnn.predict(x)  # CPU inputs are moved to the model's device
+    assert p["mean"].device.type == "cuda" and torch.isfinite(p["mean"]).all()
+    assert bnn.log_predictive_density(x, y).device.type == "cuda"
+    bnn.to("cpu")
+    assert bnn.predict(x)["mean"].device.type == "cpu"

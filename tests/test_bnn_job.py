@@ -37,7 +37,7 @@ def test_arviz_runs_on_the_bnn_datatree_without_reshaping(bnn_run):
     assert dt.posterior["layer1.weight"].dims == ("chain", "draw", "layer1.weight_dim_0",
                                                   "layer1.weight_dim_1")  # fmt: skip
     assert dt.log_likelihood["y"].dims == ("chain", "draw", "data")
-    assert az.summary(dt).shape[0] == 9  # 8 output weights and the bias
+    assert az.summary(dt).shape[0] == 18  # 2 outputs (mean, noise) x 8 weights, 2 biases
     assert np.isfinite(az.loo(dt).elpd)
     az.plot_dist(dt, var_names=["layer1.bias"])
     az.plot_ppc_dist(dt)

@@ -1,9 +1,11 @@
 """DiscreteVAE: routing, shapes of its methods, and estimator options."""
 
+import math
+
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI
+from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 from pyro_reparam.models import DiscreteVAE
 
@@ -88,3 +90,14 @@ def test_trains_on_cuda(estimator):
     svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), pr.route(vae.model, vae.guide, x).elbo())
     assert torch.isfinite(torch.tensor(svi.step(x)))
     assert vae.log_likelihood(x, num_samples=8).device.type == "cuda"
+
+
+def test_relaxed_categorical_runs_under_pyro_validation():
+    """The straight-through sample is scored at its soft value, on the simplex only up to
+    rounding; with validation on (Pyro's default) that must not raise."""
+    x = _x()
+    vae = DiscreteVAE(16, latent="categorical", num_latents=4, num_categories=10, hidden=(8,),
+                      estimator="relaxed", temperature=0.5)  # fmt: skip
+    elbo = Trace_ELBO()
+    losses = [elbo.loss(vae.model, vae.guide, x) for _ in range(50)]
+    assert all(math.isfinite(v) for v in losses)
