@@ -24,7 +24,7 @@ _GUIDE_NOTES = {
     "local": (
         "local reparameterization",
         "pre-activations b = x mu + sqrt(x^2 sigma^2) * eps drawn per example (Kingma et al. "
-        "2015): same ELBO, gradient variance falls as 1/batch",
+        "2015): same ELBO, independent noise per example, lower gradient variance",
     ),
     "flipout": (
         "flipout",
