@@ -15,8 +15,6 @@ interleaved, and the table gives the median seconds per epoch and the speed-up o
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 
 import pyro
@@ -29,6 +27,7 @@ from sklearn.datasets import load_diabetes
 import pyro_reparam as pr
 from benchmarks.bnn_uci import PyroMLP
 from benchmarks.report import write
+from benchmarks.timing import interleaved_medians
 from pyro_reparam.text import format_table
 
 BATCH, LR, REPEATS = 128, 0.01, 5
@@ -63,16 +62,10 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "pyro_reparam BayesianMLP (default)": lambda: _plugin(x, y, epochs, device, False),
         "pyro_reparam BayesianMLP, traced ELBO": lambda: _plugin(x, y, epochs, device, True),
     }
-    times = {name: [] for name in configs}
-    for _ in range(2 if quick else REPEATS):
-        for name, fn in configs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) / epochs)
-    base = statistics.median(times["Pyro: PyroModule + AutoNormal + Trace_ELBO"])
+    medians = interleaved_medians(configs, 2 if quick else REPEATS, epochs)
+    base = medians["Pyro: PyroModule + AutoNormal + Trace_ELBO"]
     table, rows = {}, []
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         table[name] = {"seconds_per_epoch": med, "speedup_over_pyro": base / med}
         rows.append([name, f"{med * 1e3:.1f} ms", f"{base / med:.2f}x"])
     text = format_table(["model", "per epoch (median)", "speed-up over Pyro"], rows)

@@ -9,8 +9,6 @@ timed ``REPEATS`` times (interleaved); the table gives the median seconds per st
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import pyro
@@ -21,6 +19,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_reparam as pr
 from benchmarks.report import write
+from benchmarks.timing import interleaved_medians
 from pyro_reparam.data import load_digits
 from pyro_reparam.text import format_table
 
@@ -75,16 +74,10 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "pr.fit, progress bar": lambda: _fit(x, y, epochs, 0, True),
         "pr.fit, jit=True": lambda: _fit(x, y, epochs, 0, False, jit=True),
     }
-    times = {name: [] for name in configs}
-    for _ in range(2 if quick else REPEATS):
-        for name, fn in configs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) / steps)
-    base = statistics.median(times["hand-written svi.step loop"])
+    medians = interleaved_medians(configs, 2 if quick else REPEATS, steps)
+    base = medians["hand-written svi.step loop"]
     table, rows = {}, []
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         table[name] = {"seconds_per_step": med, "overhead": med / base - 1}
         rows.append([name, f"{med * 1e3:.3f} ms", f"{100 * (med / base - 1):+.1f}%"])
     text = format_table(["loop", "per step (median)", "overhead"], rows)
