@@ -16,6 +16,7 @@ BENCHMARKS = {
     "bnn_defaults": "benchmarks.bnn_defaults",
     "bnn_uci": "benchmarks.bnn_uci",
     "bnn_speed": "benchmarks.bnn_speed",
+    "bnn_gap": "benchmarks.bnn_gap",
 }
 
 
