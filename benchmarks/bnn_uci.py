@@ -3,8 +3,8 @@
 Compared, on the same splits and with inputs and targets standardized by training statistics
 (metrics in original units):
 
-* the plugin's default ``BayesianMLP`` (local reparameterization, fan-in priors, learned
-  noise, closed-form KL), ``EPOCHS`` epochs, batch 128, ClippedAdam(0.01);
+* the plugin's default ``BayesianMLP`` (local reparameterization, fan-in priors, the noise
+  learned as a second output, closed-form KL), ``EPOCHS`` epochs, batch 128, ClippedAdam(0.01);
 * Pyro out of the box: a ``PyroModule`` MLP with ``PyroSample`` N(0, 1) priors,
   ``sigma ~ Uniform(0, 10)`` as in Pyro's regression tutorial, ``AutoNormal``, ``Trace_ELBO``,
   the same epochs, batches and optimizer;
