@@ -55,6 +55,11 @@ class History:
 
     ``records[i]`` has ``epoch``, ``train_elbo`` (per datum), ``val_elbo`` (or ``None``),
     ``seconds`` and ``baselines`` (running-average baseline values by site, if any).
+
+    Per datum means the epoch's summed batch losses over ``N`` when each batch is a piece of the
+    data (local latents, unscaled likelihood), and the mean batch loss over ``N`` when the model
+    scales each batch's likelihood up to the data set (``N / B``: global latents, subsampled
+    plates), since each such batch loss already estimates the whole ELBO.
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -126,7 +131,8 @@ def fit(
         history, bit for bit, on CPU.
     :param checkpoint_dir: write ``checkpoint.pt`` there after each epoch and on Ctrl-C.
     :param resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
-    :param callbacks: ``f(epoch, record)`` after each epoch; returning ``True`` stops the run.
+    :param callbacks: ``f(epoch, record)`` after each epoch; scalars they add to ``record``
+        (say a KL term) are shown in the progress bar; returning ``True`` stops the run.
     :param clip_norm: clip the global gradient norm to this value.
     :param jit: use the TorchScript-compiled twin of the ELBO (``JitTrace_ELBO`` for
         ``Trace_ELBO``, likewise TraceMeanField, TraceGraph, TraceEnum); pays off for models with
@@ -167,6 +173,7 @@ def fit(
         history.plan = route(model, guide, *first)
         elbo = history.plan.elbo()
         say(str(history.plan))
+    full_data = _loss_is_full_data(model, first)
     if jit:
         elbo = _jit(elbo)
     optim = optim or pyro.optim.Adam({"lr": 1e-3})
@@ -227,23 +234,25 @@ def fit(
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
-                        bar.set_postfix(
-                            epoch=epoch + 1, elbo=f"{-loss / len(batch[0]):.4g}", refresh=False
-                        )
+                        per = batches.num_data if full_data else len(batch[0])
+                        bar.set_postfix(epoch=epoch + 1, elbo=f"{-loss / per:.4g}", refresh=False)
             step = len(batches)
             total = dist_ctx.mean(total) if dist_ctx is not None else total
             record = {
                 "epoch": epoch + 1,
-                "train_elbo": -total / batches.num_data,
-                "val_elbo": _evaluate(model, guide, elbo, val),
+                "train_elbo": -total / batches.num_data / (len(batches) if full_data else 1),
+                "val_elbo": _evaluate(model, guide, elbo, val, full_data and batches.num_data),
                 "seconds": time.perf_counter() - t0,
                 "baselines": _baseline_state(),
             }
             history.records.append(record)
             save(epoch + 1, 0, 0.0)
+            stop = any(cb(epoch + 1, record) for cb in callbacks)
             if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, elbo=f"{record['train_elbo']:.4g}")
-            if any(cb(epoch + 1, record) for cb in callbacks):
+                added = {k: f"{v:.4g}" for k, v in record.items()
+                         if k not in _RECORD_KEYS and isinstance(v, float)}  # fmt: skip
+                bar.set_postfix(epoch=epoch + 1, elbo=f"{record['train_elbo']:.4g}", **added)
+            if stop:
                 history.stopped_early = True
                 break
     except KeyboardInterrupt:
@@ -347,13 +356,41 @@ def _nonfinite_sites(model, guide, batch) -> str:
     return "; ".join(parts) or "no site is non-finite on a re-run: a rare draw"
 
 
-def _evaluate(model, guide, elbo, val) -> float | None:
+def _evaluate(model, guide, elbo, val, full_data_size: int | bool) -> float | None:
+    """Validation ELBO per datum; ``full_data_size``: the training size when each batch's loss
+    already estimates the ELBO of that many data (see :func:`_loss_is_full_data`)."""
     if val is None:
         return None
     total = 0.0
     for batch in val.epoch(0, 0, shuffle=False):
         total += float(elbo.loss(model, guide, *batch))
+    if full_data_size:
+        return -total / len(val) / full_data_size
     return -total / val.num_data
+
+
+def _loss_is_full_data(model, batch) -> bool:
+    """Whether one batch's loss already estimates the whole data set's ELBO: the model scales
+    its observed sites up by ``N / B`` (``poutine.scale`` or a subsampled plate), as minibatched
+    models with global latents do. Then the per-datum ELBO of an epoch is the mean batch loss
+    over ``N``; otherwise (local latents, unscaled likelihood) it is the summed loss over
+    ``N``.
+
+    The model runs once on its own, latents drawn from its prior, with the random state put
+    back afterwards, so that seeding and resuming are untouched; a model that cannot be run
+    that way (say, an improper prior) counts as unscaled."""
+    state = ckpt.rng_state()
+    try:
+        with torch.no_grad():
+            model_trace = poutine.trace(model).get_trace(*batch)
+    except (NotImplementedError, ValueError, RuntimeError):
+        return False
+    finally:
+        ckpt.set_rng_state(state)
+    return any(
+        site["type"] == "sample" and site["is_observed"] and float(site["scale"]) > 1.0 + 1e-6
+        for site in model_trace.nodes.values()
+    )
 
 
 def _baseline_state() -> dict[str, float]:
@@ -384,6 +421,10 @@ def _progress(enabled, epochs, start_epoch, steps_per_epoch):
         dynamic_ncols=True,
         desc="SVI",
     )
+
+
+_RECORD_KEYS = ("epoch", "train_elbo", "val_elbo", "seconds", "baselines")
+"""What :func:`fit` records itself; scalars that callbacks add are shown in the progress bar."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -154,8 +154,9 @@ def _nan_model(k):
 @pytest.mark.parametrize("validation", [True, False])
 def test_nan_stops_at_the_step_names_the_site_and_keeps_the_checkpoint(tmp_path, validation):
     pyro.enable_validation(validation)
-    # 4 steps per epoch; the guide traces the model once to set up: NaN from epoch 2, step 3
-    nan_model = _nan_model(k=1 + 4 + 3)
+    # 4 steps per epoch; fit runs the model once to see whether it scales its likelihood and
+    # the guide traces it once to set up: NaN from epoch 2, step 3
+    nan_model = _nan_model(k=2 + 4 + 3)
     with pytest.raises(pr.TrainingError) as info:
         pr.fit(
             nan_model, AutoNormal(nan_model), _data(), elbo=Trace_ELBO(), epochs=3,
@@ -272,3 +273,36 @@ def test_fit_on_cuda():
                progress=False)  # fmt: skip
     assert all(math.isfinite(v) for v in h.train_elbo)
     assert pyro.param("AutoNormal.locs.w").device.type == "cuda"
+
+
+def test_progress_bar_shows_the_scalars_callbacks_record(capsys):
+    x, y = _data()
+
+    def kl_term(epoch, record):
+        record["kl"] = 12.5 + epoch
+
+    pr.fit(model, AutoNormal(model), (x, y), elbo=Trace_ELBO(), epochs=2, batch_size=32,
+           progress=True, callbacks=[kl_term])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "kl=14.5" in err and "elbo=" in err
+
+
+def test_per_datum_elbo_of_a_model_that_scales_its_batches_to_the_data():
+    """With a global latent and the likelihood scaled by N/B, each batch's loss estimates the
+    whole data set's ELBO: the epoch's ELBO is their mean over N, not their sum (which counts
+    the KL once per batch). Parameters are frozen (lr 0), so it must match the full-data ELBO."""
+    x, y = _data(64)
+    n = len(x)
+
+    def scaled(x, y):
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=n / x.shape[0]):
+            pyro.sample("y", dist.Normal((x * w).sum(-1), 0.5), obs=y)
+
+    guide = AutoNormal(scaled)
+    elbo = Trace_ELBO(num_particles=200, vectorize_particles=True, max_plate_nesting=1)
+    h = pr.fit(scaled, guide, (x, y), elbo=elbo, optim=pyro.optim.Adam({"lr": 0.0}), epochs=1,
+               batch_size=16, progress=False)  # fmt: skip
+    full = torch.tensor([elbo.loss(scaled, guide, x, y) for _ in range(40)])
+    se = math.sqrt(full.var().item() / len(full) + full.var().item() / 4)
+    assert abs(-h.train_elbo[0] * n - full.mean().item()) < 4 * se
