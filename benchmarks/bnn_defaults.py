@@ -14,14 +14,10 @@ import math
 import statistics
 from pathlib import Path
 
-import pyro
-import pyro.distributions as dist
 import torch
-from pyro_reparam.models import BayesianMLP
 from sklearn.datasets import load_diabetes
-from sklearn.linear_model import BayesianRidge
 
-from benchmarks.bnn_uci import train_test
+from benchmarks.bnn_uci import plugin_scores, ridge_scores, train_test
 from benchmarks.report import write
 from pyro_reparam.text import format_table
 
@@ -40,20 +36,6 @@ def _validation(n_train: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[n_train // 5 :], perm[: n_train // 5]
 
 
-def _candidate(options, x, y, xv, yv, seed, epochs):
-    pyro.clear_param_store()
-    torch.manual_seed(seed)
-    bnn = BayesianMLP(x.shape[1], 1, (50,), **options)
-    bnn.fit(x, y, epochs=epochs, batch_size=128, lr=0.01, seed=seed)
-    return -bnn.log_predictive_density(xv, yv, num_samples=200).mean().item()
-
-
-def _ridge(x, y, xv, yv):
-    br = BayesianRidge().fit(x.numpy(), y.numpy())
-    m, s = br.predict(xv.numpy(), return_std=True)
-    return -dist.Normal(torch.tensor(m), torch.tensor(s)).log_prob(yv.double()).mean().item()
-
-
 def run(out: Path, quick: bool = False, log=print) -> dict:
     torch.set_num_threads(1)
     x, y = load_diabetes(return_X_y=True)
@@ -64,9 +46,9 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         tr, _test_never_used = train_test(len(x), split)
         fit_part, val_part = _validation(len(tr), split)
         xf, yf, xv, yv = x[tr][fit_part], y[tr][fit_part], x[tr][val_part], y[tr][val_part]
-        ridge = _ridge(xf, yf, xv, yv)
+        ridge = ridge_scores(xf, yf, xv, yv)[1]
         for name, options in CANDIDATES.items():
-            nll = _candidate(options, xf, yf, xv, yv, split, epochs)
+            nll = plugin_scores(xf, yf, xv, yv, split, epochs, **options)[1]
             diffs[name].append(nll - ridge)
             log(f"split {split} {name:<32} validation NLL {nll:.4f} (BayesianRidge {ridge:.4f})")
     table, rows = {}, []

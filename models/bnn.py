@@ -139,7 +139,15 @@ class BayesianMLP(nn.Module):
             h = self._layer(l, h, w, b)
             if l < len(self.sizes) - 2:
                 h = self.activation(h)
+        return self._mean_output(h)
+
+    def _mean_output(self, h: torch.Tensor) -> torch.Tensor:
+        """Drop the output dim of a network with a single output (``(..., B, 1) -> (..., B)``)."""
         return h.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else h
+
+    def _predictive_likelihood(self, xs: torch.Tensor, num_samples: int):
+        """``p(y | x, W_s)`` for ``num_samples`` weight draws, batch shape ``(S, B)``."""
+        return self._likelihood(self._mean_output(self.function_samples(xs, num_samples)))
 
     def _likelihood(self, f):
         if self.task == "classification":
@@ -194,17 +202,16 @@ class BayesianMLP(nn.Module):
             return TraceMeanField_ELBO(num_particles=num_particles)
         return BayesianMLPELBO(self, num_particles=num_particles, num_data=num_data)
 
-    def _log_joint_terms(self, x, y, num_data):
-        """One draw of ``N / B * sum_batch log p(y | x, W)`` and ``KL(q || p)`` (differentiable),
-        the weights drawn as :attr:`guide_kind` says."""
+    def _scaled_log_lik(self, x, y, num_data):
+        """One differentiable draw of ``N / B * sum_batch log p(y | x, W)``, the weights drawn
+        as :attr:`guide_kind` says."""
         layers = range(len(self.sizes) - 1)
         if self.guide_kind == "meanfield":
             draws = [tuple(q.rsample() for q in self._q(l)) for l in layers]
         else:
             draws = [(None, None) for _ in layers]
         scale = 1.0 if num_data is None else num_data / x.shape[0]
-        log_lik = self._likelihood(self._forward(x, draws)).log_prob(y).sum()
-        return scale * log_lik, self._kl()
+        return scale * self._likelihood(self._forward(x, draws)).log_prob(y).sum()
 
     # -- training on arrays --------------------------------------------------------------------
     def fit(self, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1000, batch_size: int = 128,
@@ -239,9 +246,8 @@ class BayesianMLP(nn.Module):
 
     def _expected_log_lik(self, xs, ys, num_samples: int) -> float:
         """``E_q[sum_i log p(y_i | x_i, W)]`` by Monte Carlo."""
-        f = self.function_samples(xs, num_samples)
-        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
-        return self._likelihood(f).log_prob(ys).sum().item() / num_samples
+        lp = self._predictive_likelihood(xs, num_samples).log_prob(ys)
+        return lp.sum().item() / num_samples
 
     def _standardizer(self, x, y):
         """Training statistics, kept as buffers so that ``.to(device)`` moves them too."""
@@ -271,12 +277,10 @@ class BayesianMLP(nn.Module):
         (quantiles of ``y`` draws, shape ``(len(quantiles), B)``); classification: ``{"probs"}``
         averaged over weight draws."""
         xs, _ = self.transform(x)
-        f = self.function_samples(xs, num_samples)
         if self.task == "classification":
-            return {"probs": f.softmax(-1).mean(0)}
-        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
-        y = self._likelihood(f).sample() * self.y_std + self.y_mean
-        q = torch.as_tensor(quantiles, dtype=y.dtype)
+            return {"probs": self.function_samples(xs, num_samples).softmax(-1).mean(0)}
+        y = self._predictive_likelihood(xs, num_samples).sample() * self.y_std + self.y_mean
+        q = torch.as_tensor(quantiles, dtype=y.dtype, device=y.device)
         return {"mean": y.mean(0), "std": y.std(0), "quantiles": torch.quantile(y, q, dim=0)}
 
     @torch.no_grad()
@@ -322,9 +326,7 @@ class BayesianMLP(nn.Module):
     @torch.no_grad()
     def log_predictive(self, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100):
         """``log (1/S) sum_s p(y | x, W_s)`` per data point (in the units of ``y``)."""
-        f = self.function_samples(x, num_samples)
-        f = f.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else f
-        lp = self._likelihood(f).log_prob(y)
+        lp = self._predictive_likelihood(x, num_samples).log_prob(y)
         return torch.logsumexp(lp, 0) - math.log(num_samples)
 
 
@@ -377,11 +379,8 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         if y is None:
             raise ValueError("BayesianMLPELBO: the ELBO needs the observed targets y")
         pyro.module(self.bnn.name, self.bnn)  # SVI collects the parameters from here
-        total = 0.0
-        for _ in range(self.num_particles):
-            log_lik, kl = self.bnn._log_joint_terms(x, y, num_data)
-            total = total + kl - log_lik
-        return total / self.num_particles
+        log_lik = sum(self.bnn._scaled_log_lik(x, y, num_data) for _ in range(self.num_particles))
+        return self.bnn._kl() - log_lik / self.num_particles
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self._differentiable_loss(*args, **kwargs)
