@@ -11,12 +11,15 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, TraceMeanField_ELBO
+from pyro_reparam.models.hmc import HMCResult, hmc
 from pyro_reparam.models.nets import ACTIVATIONS
+from pyro_reparam.models.nngp import PriorScales, fit_prior_scales
 from torch import nn
 
 TASKS = ("regression", "classification")
 GUIDES = ("meanfield", "local", "flipout")
 NOISE = ("homoscedastic", "heteroscedastic")
+PRIORS = ("fan_in", "nngp")
 SAMPLE_CHUNK = 100  # weight draws per batched forward pass in prediction
 
 _GUIDE_NOTES = {
@@ -38,7 +41,11 @@ class BayesianMLP(nn.Module):
     """An MLP whose weights and biases are random variables, with a Gaussian mean-field guide.
 
     Model: ``W_l ~ N(0, s_l^2)`` elementwise with ``s_l = 1 / sqrt(fan_in)`` (``prior="fan_in"``)
-    or a given scale, biases ``N(0, 1)``; ``f = MLP_W(x)``. Regression: ``y ~ N(f_1(x),
+    or a given scale, biases ``N(0, 1)``; or (``prior="nngp"``, ReLU regression) scales chosen
+    from the data at the start of :meth:`fit` / :meth:`fit_hmc` by the exact marginal likelihood
+    of the network's infinite-width limit (:func:`~pyro_reparam.models.nngp.fit_prior_scales`:
+    ``W_l ~ N(0, s_w^2 / fan_in)``, ``b_l ~ N(0, s_b^2)``, output layer ``s_v``, ``s_c``;
+    homoscedastic noise set to the fitted ``sigma``). ``f = MLP_W(x)``. Regression: ``y ~ N(f_1(x),
     sigma(x)^2)`` with ``sigma(x) = softplus(f_2(x))`` a second output of the same network
     (``noise="heteroscedastic"``, the default), or one learned ``sigma``
     (``noise="homoscedastic"``, type-II maximum likelihood). Classification:
@@ -58,6 +65,12 @@ class BayesianMLP(nn.Module):
 
     Minibatches: ``model(x, y, num_data=N)`` scales the batch log-likelihood by ``N / B``, so
     ``ELBO = N / B * sum_batch log p(y | x, W) - KL(q || p)``.
+
+    Exact posterior: :meth:`fit_hmc` samples ``p(W | data)`` itself by Hamiltonian Monte Carlo
+    (all chains batched), for networks small enough to take full-data gradients. A factorized
+    Gaussian cannot put more uncertainty between two clusters of data than at them (Foong et
+    al. 2019); with ``prior="nngp"``, HMC does (``benchmarks/bnn_gap.py``). After it,
+    :meth:`predict` and friends use the HMC draws until the next :meth:`fit`.
     """
 
     def __init__(
@@ -85,9 +98,15 @@ class BayesianMLP(nn.Module):
             raise ValueError(
                 f"BayesianMLP: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
             )
-        if not (prior == "fan_in" or (isinstance(prior, (int, float)) and prior > 0)):
+        if not (prior in PRIORS or (isinstance(prior, (int, float)) and prior > 0)):
             raise ValueError(
-                f"BayesianMLP: prior must be 'fan_in' or a positive scale, got {prior!r}"
+                f"BayesianMLP: prior must be one of {PRIORS} or a positive scale, got {prior!r}"
+            )
+        if prior == "nngp" and (task != "regression" or activation != "relu" or not hidden):
+            raise ValueError(
+                "BayesianMLP: prior='nngp' needs task='regression', activation='relu' and at "
+                "least one hidden layer (its marginal likelihood is closed-form only there); "
+                "use prior='fan_in' or a scale"
             )
         if task == "classification" and noise == "heteroscedastic":
             raise ValueError("BayesianMLP: noise='heteroscedastic' is for regression")
@@ -106,10 +125,40 @@ class BayesianMLP(nn.Module):
             self.bias_locs.append(nn.Parameter(torch.randn(fan_out)))
             self.bias_raw_scales.append(nn.Parameter(torch.full((fan_out,), raw)))
         self.log_noise = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("prior_scales", self._fixed_prior_scales())
+        self.prior_fit: PriorScales | None = None
+        self.hmc_result: HMCResult | None = None
 
     # -- distributions -------------------------------------------------------------------------
-    def _prior_scale(self, fan_in: int) -> float:
-        return 1.0 / math.sqrt(fan_in) if self.prior_kind == "fan_in" else float(self.prior_kind)
+    def _fixed_prior_scales(self) -> torch.Tensor:
+        """``(layers, 2)``: the weight and bias prior scale of each layer (``prior="nngp"``
+        starts at the fan-in scales and is replaced by :meth:`_set_prior`)."""
+        rows = []
+        for fan_in in self.sizes[:-1]:
+            fixed = isinstance(self.prior_kind, (int, float))
+            rows.append([float(self.prior_kind) if fixed else 1.0 / math.sqrt(fan_in), 1.0])
+        return torch.tensor(rows)
+
+    def _set_prior(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        """``prior="nngp"``: the scales of maximal infinite-width marginal likelihood on the
+        standardized training data."""
+        if self.prior_kind != "nngp":
+            return
+        depth = len(self.sizes) - 2
+        self.prior_fit = fit_prior_scales(xs, ys, depth)
+        pf = self.prior_fit
+        rows = [[pf.weight / math.sqrt(fan_in), pf.bias] for fan_in in self.sizes[:-2]]
+        rows.append([pf.output_weight / math.sqrt(self.sizes[-2]), pf.output_bias])
+        self.prior_scales.copy_(torch.tensor(rows))
+        with torch.no_grad():
+            self.log_noise.fill_(math.log(pf.noise))
+
+    def _check_prior(self) -> None:
+        if self.prior_kind == "nngp" and self.prior_fit is None:
+            raise RuntimeError(
+                "BayesianMLP: prior='nngp' is chosen from the training data; call fit or "
+                "fit_hmc first (or use prior='fan_in')"
+            )
 
     def _q(self, l: int):
         w = dist.Normal(self.locs[l], nn.functional.softplus(self.raw_scales[l])).to_event(2)
@@ -119,12 +168,13 @@ class BayesianMLP(nn.Module):
     # -- Pyro model and guide ------------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None):
         pyro.module(self.name, self)
+        self._check_prior()
         draws = []
         for l, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
-            s = self._prior_scale(fan_in)
+            s_w, s_b = self.prior_scales[l]
             w = pyro.sample(f"layer{l}.weight",
-                            dist.Normal(x.new_zeros(fan_out, fan_in), s).to_event(2))  # fmt: skip
-            b = pyro.sample(f"layer{l}.bias", dist.Normal(x.new_zeros(fan_out), 1.0).to_event(1))
+                            dist.Normal(x.new_zeros(fan_out, fan_in), s_w).to_event(2))  # fmt: skip
+            b = pyro.sample(f"layer{l}.bias", dist.Normal(x.new_zeros(fan_out), s_b).to_event(1))
             draws.append((w, b))
         scale = 1.0 if num_data is None else num_data / x.shape[0]
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=scale):
@@ -228,6 +278,8 @@ class BayesianMLP(nn.Module):
         x, y = x.to(device), y.to(device)
         self._standardizer(x, y)
         xs, ys = self.transform(x, y)
+        self._set_prior(xs, ys)
+        self.hmc_result = None
         n = xs.shape[0]
 
         def terms(_epoch, record):
@@ -243,6 +295,106 @@ class BayesianMLP(nn.Module):
         return svi_fit(model, guide, (xs, ys), elbo=elbo, optim=optim, epochs=epochs,
                        batch_size=batch_size, seed=seed, progress=progress,
                        callbacks=callbacks, device=device, **fit_kwargs)  # fmt: skip
+
+    def fit_hmc(self, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 200,
+                warmup: int = 300, num_chains: int = 4, num_steps: int = 32, map_steps: int = 500,
+                seed: int = 0, device=None, progress: bool = False) -> HMCResult:  # fmt: skip
+        """Sample the exact posterior ``p(W | x, y)`` by HMC, ``num_chains`` chains batched.
+
+        Full-data log joint ``sum_l log N(W_l; 0, s_l^2) + sum_i log p(y_i | x_i, W)`` (up to
+        a constant) on the standardized data. Regression needs ``noise="homoscedastic"``; the
+        noise is held at ``exp(log_noise)``: the type-II estimate under ``prior="nngp"``, else
+        the current value (1, the data's spread, before any fit). Each chain starts at a MAP
+        estimate (``map_steps`` of Adam from its own prior draw), then runs ``warmup``
+        adaptation and ``num_samples`` kept iterations of ``num_steps`` leapfrog steps
+        (:func:`~pyro_reparam.models.hmc.hmc`). Afterwards :meth:`predict`,
+        :meth:`function_samples` and :meth:`log_predictive_density` use these draws (a later
+        :meth:`fit` returns to the guide). Check mixing with :meth:`hmc_rhat`."""
+        from pyro_reparam.train import resolve_device
+
+        if self.noise == "heteroscedastic":
+            raise ValueError(
+                "BayesianMLP.fit_hmc: needs noise='homoscedastic'. With the noise as a network "
+                "output the posterior density grows without bound where the net predicts a "
+                "vanishing noise at a training point, and chains get stuck in those spikes; "
+                "construct the network with noise='homoscedastic'"
+            )
+        device = resolve_device(device or x.device)
+        self.to(device)
+        self._standardizer(x.to(device), y.to(device))
+        xs, ys = self.transform(x, y)
+        self._set_prior(xs, ys)
+        torch.manual_seed(seed)
+        scales = [(s_w.item(), s_b.item()) for s_w, s_b in self.prior_scales]
+        init = torch.cat(
+            [torch.cat([s_w * torch.randn(num_chains, o * i, device=device),
+                        s_b * torch.randn(num_chains, o, device=device)], 1)
+             for (s_w, s_b), i, o in zip(scales, self.sizes[:-1], self.sizes[1:], strict=True)],
+            1,
+        )  # fmt: skip
+
+        def log_joint(theta: torch.Tensor) -> torch.Tensor:
+            draws = self._unflatten(theta)
+            lp = -0.5 * sum((w / s_w).pow(2).sum((-1, -2)) + (b / s_b).pow(2).sum(-1)
+                            for (s_w, s_b), (w, b) in zip(scales, draws, strict=True))  # fmt: skip
+            f = self._mean_output(self._batched_forward(xs, draws))
+            return lp + self._likelihood(f).log_prob(ys).sum(-1)
+
+        with torch.no_grad(), pyro.validation_enabled(False):  # diverging proposals are rejected
+            init = _map_estimate(log_joint, init, map_steps)
+            self.hmc_result = hmc(log_joint, init, num_samples=num_samples, warmup=warmup,
+                                  num_steps=num_steps, progress=progress)  # fmt: skip
+        return self.hmc_result
+
+    @torch.no_grad()
+    def hmc_rhat(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank-normalized split R-hat (ArviZ) of the network's mean output at each input
+        ``x`` across the chains of :meth:`fit_hmc`: ``(B,)``. Weight-space R-hat is
+        meaningless for a network (hidden units can swap between chains); function values
+        are what predictions average. Values above 1.01 say: run longer or more chains."""
+        import arviz as az
+
+        if self.hmc_result is None:
+            raise RuntimeError("BayesianMLP.hmc_rhat: call fit_hmc first")
+        xs, _ = self.transform(x)
+        samples = self.hmc_result.samples
+        f = self._batched_forward(xs, self._unflatten(samples.flatten(0, 1)))
+        f = f[..., 0].reshape(*samples.shape[:2], -1)
+        return torch.as_tensor(az.rhat(f.cpu().numpy(), chain_axis=0, draw_axis=1))
+
+    @torch.no_grad()
+    def hmc_datatree(self, x: torch.Tensor, y: torch.Tensor, max_draws: int = 200):
+        """An ArviZ ``DataTree`` of :meth:`fit_hmc`'s chains on data ``(x, y)``: the last
+        layer's weights and bias as ``posterior`` (chain, draw, ...), ``log_likelihood`` and
+        ``posterior_predictive`` of ``y`` (standardized units) and ``observed_data``, at most
+        ``max_draws`` evenly spaced draws per chain. Unlike a variational fit, its R-hat, ESS
+        and PSIS-LOO carry their MCMC meaning (:func:`pyro_reparam.diagnose`)."""
+        import arviz as az
+
+        if self.hmc_result is None:
+            raise RuntimeError("BayesianMLP.hmc_datatree: call fit_hmc first")
+        xs, ys = self.transform(x, y)
+        samples = self.hmc_result.samples
+        keep = torch.linspace(0, samples.shape[1] - 1, min(max_draws, samples.shape[1]))
+        samples = samples[:, keep.round().long().to(samples.device)]
+        chains, draws = samples.shape[:2]
+        layers = self._unflatten(samples.flatten(0, 1))
+        lik = self._likelihood(self._mean_output(self._batched_forward(xs, layers)))
+        last = len(self.sizes) - 2
+        w, b = layers[-1]
+
+        def np_(t):
+            return t.reshape(chains, draws, *t.shape[1:]).cpu().numpy()
+
+        data = {
+            "posterior": {f"layer{last}.weight": np_(w), f"layer{last}.bias": np_(b)},
+            "log_likelihood": {"y": np_(lik.log_prob(ys))},
+            "posterior_predictive": {"y": np_(lik.sample())},
+            "observed_data": {"y": ys.cpu().numpy()},
+        }
+        dims = {"y": ["data"]} | {name: [f"{name}_dim_{i}" for i in range(v.ndim - 2)]
+                                  for name, v in data["posterior"].items()}  # fmt: skip
+        return az.from_dict(data, dims=dims)
 
     def _expected_log_lik(self, xs, ys, num_samples: int) -> float:
         """``E_q[sum_i log p(y_i | x_i, W)]`` by Monte Carlo."""
@@ -299,29 +451,53 @@ class BayesianMLP(nn.Module):
 
     def _kl(self) -> torch.Tensor:
         """Differentiable closed-form KL, summed over every weight and bias."""
+        self._check_prior()
         total = 0.0
-        for l, fan_in in enumerate(self.sizes[:-1]):
-            softplus = nn.functional.softplus
-            total = total + _kl_normal(self.locs[l], softplus(self.raw_scales[l]),
-                                       self._prior_scale(fan_in))  # fmt: skip
-            total = total + _kl_normal(self.bias_locs[l], softplus(self.bias_raw_scales[l]), 1.0)
+        softplus = nn.functional.softplus
+        for l, (s_w, s_b) in enumerate(self.prior_scales):
+            total = total + _kl_normal(self.locs[l], softplus(self.raw_scales[l]), s_w)
+            total = total + _kl_normal(self.bias_locs[l], softplus(self.bias_raw_scales[l]), s_b)
         return total
 
     @torch.no_grad()
     def function_samples(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
         """Network outputs under ``num_samples`` weight draws from ``q``: ``(S, B, outputs)``,
         computed as batched matrix products over chunks of draws."""
+        if self.hmc_result is not None:
+            flat = self.hmc_result.samples.flatten(0, 1)
+            pick = torch.linspace(0, flat.shape[0] - 1, num_samples, device=flat.device)
+            flat = flat[pick.round().long()]
         outs = []
         for start in range(0, num_samples, SAMPLE_CHUNK):
             s = min(SAMPLE_CHUNK, num_samples - start)
-            h = x.expand(s, *x.shape)
-            for l in range(len(self.sizes) - 1):
-                w, b = self._q(l)
-                h = h @ w.sample((s,)).transpose(-1, -2) + b.sample((s,)).unsqueeze(-2)
-                if l < len(self.sizes) - 2:
-                    h = self.activation(h)
-            outs.append(h)
+            if self.hmc_result is not None:
+                draws = self._unflatten(flat[start : start + s])
+            else:
+                layers = range(len(self.sizes) - 1)
+                draws = [tuple(q.sample((s,)) for q in self._q(l)) for l in layers]
+            outs.append(self._batched_forward(x, draws))
         return torch.cat(outs)
+
+    def _batched_forward(self, x: torch.Tensor, draws) -> torch.Tensor:
+        """Network outputs ``(S, B, outputs)`` for ``S`` weight draws ``(W (S, out, in),
+        b (S, out))`` per layer."""
+        h = x
+        for l, (w, b) in enumerate(draws):
+            h = h @ w.transpose(-1, -2) + b.unsqueeze(-2)
+            if l < len(self.sizes) - 2:
+                h = self.activation(h)
+        return h
+
+    def _unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Flat parameter vectors ``(S, P)`` -> ``(W (S, out, in), b (S, out))`` per layer (the
+        layout of :meth:`fit_hmc`'s samples: each layer's weight, row-major, then its bias)."""
+        draws, at = [], 0
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            w = theta[:, at : at + fan_out * fan_in].reshape(-1, fan_out, fan_in)
+            at += fan_out * fan_in
+            draws.append((w, theta[:, at : at + fan_out]))
+            at += fan_out
+        return draws
 
     @torch.no_grad()
     def log_predictive(self, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100):
@@ -332,9 +508,22 @@ class BayesianMLP(nn.Module):
 
 def _kl_normal(loc: torch.Tensor, scale: torch.Tensor, prior_scale: float) -> torch.Tensor:
     """``sum KL(N(loc, scale^2) || N(0, prior_scale^2))
-    = sum [log(prior_scale / scale) + (scale^2 + loc^2) / (2 prior_scale^2) - 1/2]``."""
+    = sum [log(prior_scale / scale) + (scale^2 + loc^2) / (2 prior_scale^2) - 1/2]``;
+    ``prior_scale``: a float or a 0-dim tensor."""
     ratio = scale / prior_scale
     return (0.5 * (ratio.pow(2) + (loc / prior_scale).pow(2)) - ratio.log() - 0.5).sum()
+
+
+def _map_estimate(log_joint, theta: torch.Tensor, steps: int, lr: float = 0.01) -> torch.Tensor:
+    """``argmax log_joint`` for each row of ``theta`` by ``steps`` of Adam."""
+    theta = theta.clone().requires_grad_()
+    optim = torch.optim.Adam([theta], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optim.zero_grad()
+            (-log_joint(theta).sum()).backward()
+            optim.step()
+    return theta.detach()
 
 
 def interval_coverage(y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ standardized with training statistics; metrics are in original units.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -25,6 +26,7 @@ from pyro_reparam.models.bnn import BayesianMLP, expected_calibration_error, int
 from pyro_reparam.plots import pyplot
 
 TEST_FRACTION = 0.1
+INFERENCE = ("vi", "hmc")
 
 
 @dataclass
@@ -35,8 +37,11 @@ class BNNJob:
     data: str = "diabetes"
     target: str | None = None
     guide: str = "local"
+    prior: str | float = "fan_in"
+    inference: str = "vi"
     hidden: tuple[int, ...] = (50,)
     epochs: int = 500
+    hmc_samples: int = 300
     batch_size: int = 128
     lr: float = 0.01
     device: str = "cpu"
@@ -114,26 +119,42 @@ def train_bnn(job: BNNJob) -> dict:
     classes = int(y.max()) + 1 if task == "classification" else 1
     pyro.clear_param_store()
     torch.manual_seed(job.seed)
-    bnn = BayesianMLP(x.shape[1], classes, job.hidden, task=task, guide=job.guide)
+    if job.inference not in INFERENCE:
+        raise ValueError(f"train bnn: inference must be one of {INFERENCE}, got {job.inference!r}")
+    hmc = job.inference == "hmc"
+    noise = "homoscedastic" if hmc and task == "regression" else None
+    bnn = BayesianMLP(x.shape[1], classes, job.hidden, task=task, guide=job.guide,
+                      prior=job.prior, noise=noise)  # fmt: skip
+    metrics = {"model": "BayesianMLP", "data": name, "task": task, "inference": job.inference,
+               "prior": job.prior, "hidden": list(job.hidden)}  # fmt: skip
     t = time.perf_counter()
-    history = bnn.fit(xtr, ytr, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
-                      seed=job.seed, progress=job.progress, checkpoint_dir=out,
-                      device=job.device)  # fmt: skip
-    seconds = time.perf_counter() - t
+    if hmc:
+        result = bnn.fit_hmc(xtr, ytr, num_samples=job.hmc_samples, warmup=job.hmc_samples,
+                             seed=job.seed, device=job.device, progress=job.progress)  # fmt: skip
+    else:
+        history = bnn.fit(xtr, ytr, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
+                          seed=job.seed, progress=job.progress, checkpoint_dir=out,
+                          device=job.device)  # fmt: skip
+    metrics["seconds"] = time.perf_counter() - t
     bnn.to("cpu")  # scoring, plots and diagnostics on the CPU
-    metrics = {
-        "model": "BayesianMLP",
-        "data": name,
-        "task": task,
-        "guide": job.guide,
-        "hidden": list(job.hidden),
-        "epochs": job.epochs,
-        "seconds": seconds,
-        "train_elbo": history.train_elbo,
-        "kl": [r["kl"] for r in history.records],
-        "expected_log_likelihood": [r["expected_log_likelihood"] for r in history.records],
-    }
-    files = {"elbo": history.plot(out / "elbo.png", "BNN ELBO per datum (standardized units)")}
+    if bnn.prior_fit is not None:
+        metrics["prior_scales"] = dataclasses.asdict(bnn.prior_fit)
+    if hmc:
+        rhat = bnn.hmc_rhat(xtr)
+        metrics |= {"accept_rate": result.accept_rate.tolist(),
+                    "step_size": result.step_size.tolist(),
+                    "rhat_function_median": rhat.median().item(),
+                    "rhat_function_max": rhat.max().item()}  # fmt: skip
+        torch.save({"state_dict": bnn.state_dict(), "samples": result.samples.cpu()},
+                   out / "hmc_samples.pt")  # fmt: skip
+        files = {"checkpoint": out / "hmc_samples.pt"}
+    else:
+        metrics |= {"guide": job.guide, "epochs": job.epochs, "train_elbo": history.train_elbo,
+                    "kl": [r["kl"] for r in history.records],
+                    "expected_log_likelihood": [r["expected_log_likelihood"]
+                                                for r in history.records]}  # fmt: skip
+        files = {"elbo": history.plot(out / "elbo.png", "BNN ELBO per datum (standardized units)"),
+                 "checkpoint": history.checkpoint}  # fmt: skip
     nll = -bnn.log_predictive_density(xte, yte).mean().item()
     if task == "regression":
         p = bnn.predict(xte)
@@ -154,27 +175,35 @@ def train_bnn(job: BNNJob) -> dict:
         }
         files["predictive"] = _reliability(probs, yte, out / "predictive.png")
     metrics["diagnostics"] = _diagnostics(bnn, xtr, ytr, out / "diagnostics")
-    metrics["files"] = {k: str(v) for k, v in files.items()} | {
-        "checkpoint": str(history.checkpoint)
-    }
+    metrics["files"] = {k: str(v) for k, v in files.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("test_", "cover", "ece"))}
-    print(f"BayesianMLP ({job.guide}) on {name}: {shown}, {seconds:.1f} s training")
-    print(f"wrote {out}/: metrics.json, elbo.png, predictive.png, checkpoint.pt, diagnostics/")
+    how = "HMC" if hmc else job.guide
+    print(f"BayesianMLP ({how}) on {name}: {shown}, {metrics['seconds']:.1f} s training")
+    if hmc:
+        median, worst = metrics["rhat_function_median"], metrics["rhat_function_max"]
+        print(f"R-hat of the network's output at the training inputs: {median:.3f} (median), "
+              f"{worst:.3f} (max)")  # fmt: skip
+    written = ", ".join(sorted(Path(v).name for v in metrics["files"].values()))
+    print(f"wrote {out}/: metrics.json, {written}, diagnostics/")
     return metrics
 
 
 def _diagnostics(bnn: BayesianMLP, xtr, ytr, out: Path) -> dict:
-    """DataTree of the last layer's weights with PPC and pointwise log-likelihood; the guide's
-    weights are sampled jointly (mean-field draws) so that each draw is one network."""
-    xs, ys = bnn.transform(xtr, ytr)
-    kind, bnn.guide_kind = bnn.guide_kind, "meanfield"
-    try:
-        last = len(bnn.sizes) - 2
-        dt = to_datatree(bnn.model, bnn.guide, xs, ys, num_samples=200,
-                         var_names=[f"layer{last}.weight", f"layer{last}.bias"])  # fmt: skip
-    finally:
-        bnn.guide_kind = kind
+    """DataTree of the last layer's weights with PPC and pointwise log-likelihood: the HMC
+    chains, or draws of the guide, its weights sampled jointly (mean-field draws) so that each
+    draw is one network."""
+    if bnn.hmc_result is not None:
+        dt = bnn.hmc_datatree(xtr, ytr)
+    else:
+        xs, ys = bnn.transform(xtr, ytr)
+        kind, bnn.guide_kind = bnn.guide_kind, "meanfield"
+        try:
+            last = len(bnn.sizes) - 2
+            dt = to_datatree(bnn.model, bnn.guide, xs, ys, num_samples=200,
+                             var_names=[f"layer{last}.weight", f"layer{last}.bias"])  # fmt: skip
+        finally:
+            bnn.guide_kind = kind
     report = diagnose(dt, out)
     loo = report["loo"]
     return {

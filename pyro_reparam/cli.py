@@ -58,10 +58,25 @@ def _train_dvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prior(value: str) -> str | float:
+    if value in ("fan_in", "nngp"):
+        return value
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = -1.0
+    if not scale > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected fan_in, nngp or a positive scale, got {value!r}"
+        )
+    return scale
+
+
 def _train_bnn(args: argparse.Namespace) -> int:
     from pyro_reparam.bnn_job import BNNJob, train_bnn
 
     train_bnn(BNNJob(task=args.task, data=args.data, target=args.target, guide=args.guide,
+                     prior=args.prior, inference=args.inference, hmc_samples=args.hmc_samples,
                      hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, device=args.device, out=Path(args.out), seed=args.seed,
                      progress=not args.quiet))  # fmt: skip
@@ -163,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     bnn.add_argument("--target", default=None, help="target column (CSV) or array (NPZ)")
     bnn.add_argument("--task", default=None, choices=["regression", "classification"])
     bnn.add_argument("--guide", default="local", choices=["meanfield", "local", "flipout"])
+    bnn.add_argument("--prior", default="fan_in", type=_prior,
+                     help="fan_in, nngp (scales by the infinite-width marginal likelihood; "
+                          "ReLU regression) or a positive weight scale")  # fmt: skip
+    bnn.add_argument("--inference", default="vi", choices=["vi", "hmc"],
+                     help="variational fit (--guide) or the exact posterior by HMC "
+                          "(homoscedastic noise; small networks and data)")  # fmt: skip
+    bnn.add_argument("--hmc-samples", type=_positive, default=300,
+                     help="HMC: warm-up and kept iterations per chain (4 chains)")  # fmt: skip
     bnn.add_argument("--hidden", type=_positive, nargs="+", default=[50])
     bnn.add_argument("--epochs", type=_positive, default=500)
     bnn.add_argument("--batch-size", type=_positive, default=128)

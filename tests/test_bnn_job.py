@@ -65,3 +65,24 @@ def test_user_csv_and_npz(tmp_path):
         load_table(str(tmp_path / "d.npz"))
     with pytest.raises(FileNotFoundError, match="no file"):
         load_table(str(tmp_path / "missing.csv"))
+
+
+def test_train_bnn_by_hmc_with_the_nngp_prior(tmp_path, capsys):
+    out = tmp_path / "hmc"
+    main(["train", "bnn", "--data", "toy", "--prior", "nngp", "--inference", "hmc",
+          "--hmc-samples", "30", "--hidden", "8", "--out", str(out), "--quiet"])  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inference"] == "hmc" and len(m["accept_rate"]) == 4
+    assert m["rhat_function_median"] >= 1.0 and m["prior_scales"]["noise"] > 0
+    assert (out / "hmc_samples.pt").stat().st_size > 1000
+    dt = az.from_netcdf(out / "diagnostics" / "datatree.nc")
+    assert dt.posterior.sizes["chain"] == 4 and dt.posterior.sizes["draw"] == 30
+    assert "R-hat of the network's output" in capsys.readouterr().out
+    main(["diagnose", str(out)])
+    assert "elpd" in capsys.readouterr().out.lower()
+
+
+def test_train_bnn_rejects_a_bad_prior(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "bnn", "--prior", "wide"])
+    assert "expected fan_in, nngp or a positive scale" in capsys.readouterr().err
