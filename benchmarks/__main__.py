@@ -17,6 +17,7 @@ BENCHMARKS = {
     "bnn_uci": "benchmarks.bnn_uci",
     "bnn_speed": "benchmarks.bnn_speed",
     "bnn_gap": "benchmarks.bnn_gap",
+    "bnn_exact": "benchmarks.bnn_exact",
 }
 
 

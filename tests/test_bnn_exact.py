@@ -132,3 +132,28 @@ def test_fit_after_fit_hmc_returns_to_the_guide():
     bnn.fit(x, y, epochs=2)
     assert bnn.hmc_result is None and bnn.prior_fit is not None
     assert bnn.prior_scales[0, 1] == pytest.approx(bnn.prior_fit.bias)
+
+
+def test_fit_hmc_classifies_two_separated_blobs():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (80,), generator=g)
+    x = torch.randn(80, 2, generator=g) * 0.5 + (labels[:, None] * 2 - 1) * 1.5
+    bnn = BayesianMLP(2, 2, (8,), task="classification")
+    bnn.fit_hmc(x, labels, num_samples=50, warmup=50, num_chains=2, num_steps=8)
+    probs = bnn.predict(torch.tensor([[-1.5, -1.5], [1.5, 1.5], [0.0, 0.0]]))["probs"]
+    assert probs[0, 0] > 0.9 and probs[1, 1] > 0.9
+    assert 0.05 < probs[2, 0] < 0.95  # on the boundary the draws disagree
+
+
+@pytest.mark.cuda
+def test_nngp_prior_and_hmc_on_cuda():
+    x, y = toy_gap(60)
+    bnn = BayesianMLP(1, 1, (16,), prior="nngp", noise="homoscedastic")
+    result = bnn.fit_hmc(x, y, num_samples=20, warmup=20, num_chains=2, num_steps=8,
+                         device="cuda")  # fmt: skip
+    assert result.samples.device.type == "cuda" and bnn.prior_scales.device.type == "cuda"
+    p = bnn.predict(torch.linspace(-3, 3, 7)[:, None])
+    assert p["mean"].device.type == "cuda" and torch.isfinite(p["std"]).all()
+    assert bnn.hmc_rhat(x).shape == (60,)
+    bnn.fit(x, y, epochs=2, device="cuda")
+    assert bnn.hmc_result is None
