@@ -67,9 +67,10 @@ class BayesianMLP(nn.Module):
     ``ELBO = N / B * sum_batch log p(y | x, W) - KL(q || p)``.
 
     Exact posterior: :meth:`fit_hmc` samples ``p(W | data)`` itself by Hamiltonian Monte Carlo
-    (all chains batched), for networks small enough to take full-data gradients. A factorized
-    Gaussian cannot put more uncertainty between two clusters of data than at them (Foong et
-    al. 2019); with ``prior="nngp"``, HMC does (``benchmarks/bnn_gap.py``). After it,
+    (all chains batched), for networks small enough to take full-data gradients. With one
+    hidden layer, a factorized Gaussian cannot put much more uncertainty between two clusters
+    of data than at them (Foong et al. 2019); with ``prior="nngp"``, HMC does
+    (``benchmarks/bnn_gap.py``). After it,
     :meth:`predict` and friends use the HMC draws until the next :meth:`fit`.
     """
 
