@@ -127,13 +127,20 @@ class BayesianMLP(nn.Module):
             self.bias_raw_scales.append(nn.Parameter(torch.full((fan_out,), raw)))
         self.log_noise = nn.Parameter(torch.tensor(0.0))
         self.register_buffer("prior_scales", self._fixed_prior_scales())
+        y_shape = () if task == "classification" or out_features == 1 else (out_features,)
+        self.register_buffer("x_mean", torch.zeros(in_features))
+        self.register_buffer("x_std", torch.ones(in_features))
+        self.register_buffer("y_mean", torch.zeros(y_shape))
+        self.register_buffer("y_std", torch.ones(y_shape))
         self.prior_fit: PriorScales | None = None
         self.hmc_result: HMCResult | None = None
 
     # -- distributions -------------------------------------------------------------------------
     def _fixed_prior_scales(self) -> torch.Tensor:
-        """``(layers, 2)``: the weight and bias prior scale of each layer (``prior="nngp"``
-        starts at the fan-in scales and is replaced by :meth:`_set_prior`)."""
+        """``(layers, 2)``: the weight and bias prior scale of each layer (``prior="nngp"``:
+        NaN until :meth:`_set_prior` has seen the data; a buffer, so a saved state keeps it)."""
+        if self.prior_kind == "nngp":
+            return torch.full((len(self.sizes) - 1, 2), math.nan)
         rows = []
         for fan_in in self.sizes[:-1]:
             fixed = isinstance(self.prior_kind, (int, float))
@@ -155,7 +162,7 @@ class BayesianMLP(nn.Module):
             self.log_noise.fill_(math.log(pf.noise))
 
     def _check_prior(self) -> None:
-        if self.prior_kind == "nngp" and self.prior_fit is None:
+        if self.prior_scales.isnan().any():
             raise RuntimeError(
                 "BayesianMLP: prior='nngp' is chosen from the training data; call fit or "
                 "fit_hmc first (or use prior='fan_in')"
@@ -403,7 +410,8 @@ class BayesianMLP(nn.Module):
         return lp.sum().item() / num_samples
 
     def _standardizer(self, x, y):
-        """Training statistics, kept as buffers so that ``.to(device)`` moves them too."""
+        """Training statistics, kept as buffers so that ``.to(device)`` moves them and
+        ``state_dict`` saves them (identity until the first fit)."""
         regression = self.task == "regression"
         stats = {
             "x_mean": x.mean(0),

@@ -132,6 +132,9 @@ def test_fit_after_fit_hmc_returns_to_the_guide():
     bnn.fit(x, y, epochs=2)
     assert bnn.hmc_result is None and bnn.prior_fit is not None
     assert bnn.prior_scales[0, 1] == pytest.approx(bnn.prior_fit.bias)
+    reloaded = BayesianMLP(1, 1, (8,), prior="nngp", noise="homoscedastic")
+    reloaded.load_state_dict(bnn.state_dict())  # the fitted prior travels with the state
+    assert reloaded.kl() == pytest.approx(bnn.kl())
 
 
 def test_fit_hmc_classifies_two_separated_blobs():
