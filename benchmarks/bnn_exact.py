@@ -7,7 +7,7 @@ targets standardized by training statistics, metrics in original units), four fi
   noise as a second output), as in ``bnn_uci``;
 * the same with ``prior="nngp"`` (scales and noise by the infinite-width marginal likelihood);
 * the exact posterior under ``prior="nngp"`` by ``fit_hmc`` (homoscedastic noise at the
-  type-II value; 4 chains, 300 warm-up and 300 kept iterations of 32 leapfrog steps);
+  type-II value; 16 chains, 300 warm-up and 300 kept iterations of 32 leapfrog steps);
 * ``sklearn.linear_model.BayesianRidge``.
 
 Reported: test RMSE, NLL per point and 90% coverage (mean and s.e. over splits), NLL

@@ -12,7 +12,7 @@ marginal likelihood of the infinite-width limit). For each:
 * **Exact posterior** of the infinite-width limit (a Gaussian process with the arc-cosine
   kernel), with its log marginal likelihood; noise at its true value for the fixed priors.
 * **Mean-field VI**: ``BayesianMLP(1, 1, (50,))`` fitted by its default ELBO, 2000 epochs.
-* **HMC**: ``BayesianMLP.fit_hmc`` (4 chains, 300 warm-up and 300 kept iterations of 32
+* **HMC**: ``BayesianMLP.fit_hmc`` (16 chains, 300 warm-up and 300 kept iterations of 32
   leapfrog steps), homoscedastic noise at its true value (fixed priors) or the fitted one.
 
 The exact column shows whether the prior admits in-between uncertainty at all; the other two
@@ -100,7 +100,7 @@ def _hmc(x, y, prior, out_scale, iterations):
         with torch.no_grad():
             bnn.log_noise.fill_(math.log(NOISE / y.std().item()))
     t = time.perf_counter()
-    result = bnn.fit_hmc(x, y, num_samples=iterations, warmup=iterations, num_chains=4)
+    result = bnn.fit_hmc(x, y, num_samples=iterations, warmup=iterations)
     seconds = time.perf_counter() - t
     p = bnn.predict(GRID[:, None], num_samples=800)
     ratio, rmse = _ratio_and_rmse(p["mean"], p["std"])
@@ -145,8 +145,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "bnn_gap",
         summary,
         f"In-between uncertainty, gap toy: exact posterior, mean-field VI ({epochs} epochs) and "
-        f"HMC (4 chains x {iterations} kept draws)",
+        f"HMC (16 chains x {iterations} kept draws)",
         f"```\n{text}\n```\n\nR-hat: of the network's output at the training inputs across the "
-        "4 chains.\n",
+        "16 chains.\n",
     )
     return summary

@@ -305,9 +305,14 @@ class BayesianMLP(nn.Module):
                        callbacks=callbacks, device=device, **fit_kwargs)  # fmt: skip
 
     def fit_hmc(self, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 200,
-                warmup: int = 300, num_chains: int = 4, num_steps: int = 32, map_steps: int = 500,
+                warmup: int = 300, num_chains: int = 16, num_steps: int = 32, map_steps: int = 500,
                 seed: int = 0, device=None, progress: bool = False) -> HMCResult:  # fmt: skip
         """Sample the exact posterior ``p(W | x, y)`` by HMC, ``num_chains`` chains batched.
+
+        A network's posterior has many modes and a chain stays near the one it starts in, so
+        the pooled draws cover as many regions as there are chains; batched, 16 chains cost
+        about what 4 do on a small network (on the gap toy, 4 chains gave a gap/near std
+        ratio of 1.7-4.4 across seeds, 16 chains 3.8-4.3).
 
         Full-data log joint ``sum_l log N(W_l; 0, s_l^2) + sum_i log p(y_i | x_i, W)`` (up to
         a constant) on the standardized data. Regression needs ``noise="homoscedastic"``; the

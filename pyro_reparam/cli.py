@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="variational fit (--guide) or the exact posterior by HMC "
                           "(homoscedastic noise; small networks and data)")  # fmt: skip
     bnn.add_argument("--hmc-samples", type=_positive, default=300,
-                     help="HMC: warm-up and kept iterations per chain (4 chains)")  # fmt: skip
+                     help="HMC: warm-up and kept iterations per chain (16 chains)")  # fmt: skip
     bnn.add_argument("--hidden", type=_positive, nargs="+", default=[50])
     bnn.add_argument("--epochs", type=_positive, default=500)
     bnn.add_argument("--batch-size", type=_positive, default=128)
