@@ -22,10 +22,18 @@ import time
 from pathlib import Path
 
 import torch
-from pyro_reparam.models import BayesianMLP, interval_coverage
+from pyro_reparam.models import BayesianMLP
 from sklearn.datasets import load_diabetes
 
-from benchmarks.bnn_uci import EPOCHS, HIDDEN, SPLITS, plugin_scores, ridge_scores, train_test
+from benchmarks.bnn_uci import (
+    EPOCHS,
+    HIDDEN,
+    SPLITS,
+    network_scores,
+    plugin_scores,
+    ridge_scores,
+    train_test,
+)
 from benchmarks.report import write
 from pyro_reparam.text import format_table
 
@@ -35,12 +43,8 @@ HMC_ITERATIONS = 300
 def _hmc_scores(xtr, ytr, xte, yte, seed, iterations):
     bnn = BayesianMLP(xtr.shape[1], 1, (HIDDEN,), prior="nngp", noise="homoscedastic")
     result = bnn.fit_hmc(xtr, ytr, num_samples=iterations, warmup=iterations, seed=seed)
-    p = bnn.predict(xte, num_samples=400)
-    nll = -bnn.log_predictive_density(xte, yte, num_samples=400).mean().item()
-    rmse = ((p["mean"] - yte) ** 2).mean().sqrt().item()
-    cover = interval_coverage(yte, p["quantiles"][0], p["quantiles"][2])
     rhat = bnn.hmc_rhat(xtr)
-    return (rmse, nll, cover), {"accept_rate": result.accept_rate.mean().item(),
+    return network_scores(bnn, xte, yte, 400), {"accept_rate": result.accept_rate.mean().item(),
                                 "rhat_median": rhat.median().item(),
                                 "rhat_max": rhat.max().item()}  # fmt: skip
 

@@ -106,8 +106,14 @@ def plugin_scores(xtr, ytr, xte, yte, seed, epochs, **options):
     torch.manual_seed(seed)
     bnn = BayesianMLP(xtr.shape[1], 1, (HIDDEN,), **options)
     bnn.fit(xtr, ytr, epochs=epochs, batch_size=BATCH, lr=LR, seed=seed)
-    p = bnn.predict(xte, num_samples=200)
-    nll = -bnn.log_predictive_density(xte, yte, num_samples=200).mean().item()
+    return network_scores(bnn, xte, yte, 200)
+
+
+def network_scores(bnn: BayesianMLP, xte, yte, num_samples: int):
+    """Test RMSE, NLL per point and 90% coverage of a fitted ``BayesianMLP`` (guide or HMC
+    draws, ``num_samples`` of them)."""
+    p = bnn.predict(xte, num_samples=num_samples)
+    nll = -bnn.log_predictive_density(xte, yte, num_samples=num_samples).mean().item()
     rmse = ((p["mean"] - yte) ** 2).mean().sqrt().item()
     return rmse, nll, interval_coverage(yte, p["quantiles"][0], p["quantiles"][2])
 

@@ -141,11 +141,9 @@ class BayesianMLP(nn.Module):
         NaN until :meth:`_set_prior` has seen the data; a buffer, so a saved state keeps it)."""
         if self.prior_kind == "nngp":
             return torch.full((len(self.sizes) - 1, 2), math.nan)
-        rows = []
-        for fan_in in self.sizes[:-1]:
-            fixed = isinstance(self.prior_kind, (int, float))
-            rows.append([float(self.prior_kind) if fixed else 1.0 / math.sqrt(fan_in), 1.0])
-        return torch.tensor(rows)
+        fixed = isinstance(self.prior_kind, (int, float))
+        return torch.tensor([[float(self.prior_kind) if fixed else 1.0 / math.sqrt(fan_in), 1.0]
+                             for fan_in in self.sizes[:-1]])  # fmt: skip
 
     def _set_prior(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
         """``prior="nngp"``: the scales of maximal infinite-width marginal likelihood on the
@@ -279,15 +277,8 @@ class BayesianMLP(nn.Module):
         the two ELBO terms on the training data: ``expected_log_likelihood`` (MC, 8 draws) and
         ``kl`` (closed form), in standardized units."""
         from pyro_reparam.train import fit as svi_fit
-        from pyro_reparam.train import resolve_device
 
-        device = resolve_device(fit_kwargs.pop("device", None) or x.device)
-        self.to(device)
-        x, y = x.to(device), y.to(device)
-        self._standardizer(x, y)
-        xs, ys = self.transform(x, y)
-        self._set_prior(xs, ys)
-        self.hmc_result = None
+        xs, ys, device = self._prepare(x, y, fit_kwargs.pop("device", None))
         n = xs.shape[0]
 
         def terms(_epoch, record):
@@ -303,6 +294,20 @@ class BayesianMLP(nn.Module):
         return svi_fit(model, guide, (xs, ys), elbo=elbo, optim=optim, epochs=epochs,
                        batch_size=batch_size, seed=seed, progress=progress,
                        callbacks=callbacks, device=device, **fit_kwargs)  # fmt: skip
+
+    def _prepare(self, x, y, device):
+        """What both fits start with: move the network to ``device`` (default: the data's),
+        set the standardization from ``(x, y)``, the ``nngp`` prior from the standardized data,
+        and forget earlier HMC draws. Returns ``(xs, ys, device)``."""
+        from pyro_reparam.train import resolve_device
+
+        device = resolve_device(device or x.device)
+        self.to(device)
+        self._standardizer(x.to(device), y.to(device))
+        xs, ys = self.transform(x, y)
+        self._set_prior(xs, ys)
+        self.hmc_result = None
+        return xs, ys, device
 
     def fit_hmc(self, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 200,
                 warmup: int = 300, num_chains: int = 16, num_steps: int = 32, map_steps: int = 500,
@@ -323,8 +328,6 @@ class BayesianMLP(nn.Module):
         (:func:`~pyro_reparam.models.hmc.hmc`). Afterwards :meth:`predict`,
         :meth:`function_samples` and :meth:`log_predictive_density` use these draws (a later
         :meth:`fit` returns to the guide). Check mixing with :meth:`hmc_rhat`."""
-        from pyro_reparam.train import resolve_device
-
         if self.noise == "heteroscedastic":
             raise ValueError(
                 "BayesianMLP.fit_hmc: needs noise='homoscedastic'. With the noise as a network "
@@ -332,11 +335,7 @@ class BayesianMLP(nn.Module):
                 "vanishing noise at a training point, and chains get stuck in those spikes; "
                 "construct the network with noise='homoscedastic'"
             )
-        device = resolve_device(device or x.device)
-        self.to(device)
-        self._standardizer(x.to(device), y.to(device))
-        xs, ys = self.transform(x, y)
-        self._set_prior(xs, ys)
+        xs, ys, device = self._prepare(x, y, device)
         torch.manual_seed(seed)
         scales = [(s_w.item(), s_b.item()) for s_w, s_b in self.prior_scales]
         init = torch.cat(
@@ -388,8 +387,8 @@ class BayesianMLP(nn.Module):
             raise RuntimeError("BayesianMLP.hmc_datatree: call fit_hmc first")
         xs, ys = self.transform(x, y)
         samples = self.hmc_result.samples
-        keep = torch.linspace(0, samples.shape[1] - 1, min(max_draws, samples.shape[1]))
-        samples = samples[:, keep.round().long().to(samples.device)]
+        samples = samples[:, _evenly_spaced(samples.shape[1], min(max_draws, samples.shape[1]),
+                                            samples.device)]  # fmt: skip
         chains, draws = samples.shape[:2]
         layers = self._unflatten(samples.flatten(0, 1))
         lik = self._likelihood(self._mean_output(self._batched_forward(xs, layers)))
@@ -479,8 +478,7 @@ class BayesianMLP(nn.Module):
         computed as batched matrix products over chunks of draws."""
         if self.hmc_result is not None:
             flat = self.hmc_result.samples.flatten(0, 1)
-            pick = torch.linspace(0, flat.shape[0] - 1, num_samples, device=flat.device)
-            flat = flat[pick.round().long()]
+            flat = flat[_evenly_spaced(flat.shape[0], num_samples, flat.device)]
         outs = []
         for start in range(0, num_samples, SAMPLE_CHUNK):
             s = min(SAMPLE_CHUNK, num_samples - start)
@@ -526,6 +524,11 @@ def _kl_normal(loc: torch.Tensor, scale: torch.Tensor, prior_scale: float) -> to
     ``prior_scale``: a float or a 0-dim tensor."""
     ratio = scale / prior_scale
     return (0.5 * (ratio.pow(2) + (loc / prior_scale).pow(2)) - ratio.log() - 0.5).sum()
+
+
+def _evenly_spaced(total: int, count: int, device) -> torch.Tensor:
+    """``count`` indices spread evenly over ``range(total)`` (repeating when ``count > total``)."""
+    return torch.linspace(0, total - 1, count, device=device).round().long()
 
 
 def _map_estimate(log_joint, theta: torch.Tensor, steps: int, lr: float = 0.01) -> torch.Tensor:
