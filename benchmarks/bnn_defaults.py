@@ -19,7 +19,7 @@ from sklearn.datasets import load_diabetes
 
 from benchmarks.bnn_uci import plugin_scores, ridge_scores, train_test
 from benchmarks.report import write
-from pyro_reparam.text import format_table
+from pyro_reparam.tables import format_table
 
 SPLITS, EPOCHS = 5, 500
 CANDIDATES = {

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-from pyro_reparam.models import BayesianMLP
 from sklearn.datasets import load_diabetes
 
 from benchmarks.bnn_uci import (
@@ -35,7 +34,8 @@ from benchmarks.bnn_uci import (
     train_test,
 )
 from benchmarks.report import write
-from pyro_reparam.text import format_table
+from pyro_reparam.models import BayesianMLP
+from pyro_reparam.tables import format_table
 
 HMC_ITERATIONS = 300
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro_reparam.models import BayesianMLP
-from pyro_reparam.models.nngp import log_marginal_likelihood, relu_nngp_kernel
 
 from benchmarks.report import write
-from pyro_reparam.bnn_job import toy_gap
-from pyro_reparam.text import format_table
+from pyro_reparam.apps.bnn_job import toy_gap
+from pyro_reparam.models import BayesianMLP
+from pyro_reparam.models.bnn.nngp import log_marginal_likelihood, relu_nngp_kernel
+from pyro_reparam.tables import format_table
 
 OUT_SCALES = (1.0, 3.0, 10.0)
 NOISE = 0.15

@@ -21,14 +21,14 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
-from pyro_reparam.models import BayesianMLP
 from sklearn.datasets import load_diabetes
 
 import pyro_reparam as pr
 from benchmarks.bnn_uci import PyroMLP
 from benchmarks.report import write
 from benchmarks.timing import interleaved_medians
-from pyro_reparam.text import format_table
+from pyro_reparam.models import BayesianMLP
+from pyro_reparam.tables import format_table
 
 BATCH, LR, REPEATS = 128, 0.01, 5
 

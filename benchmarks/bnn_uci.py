@@ -29,14 +29,14 @@ import torch
 from pyro.infer import Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule, PyroSample
-from pyro_reparam.models import BayesianMLP, interval_coverage
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import BayesianRidge
 from torch import nn
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from pyro_reparam.text import format_table
+from pyro_reparam.models import BayesianMLP, interval_coverage
+from pyro_reparam.tables import format_table
 
 SPLITS, EPOCHS, BATCH, LR, HIDDEN = 10, 500, 128, 0.01, 50
 Z90 = 1.6448536269514722

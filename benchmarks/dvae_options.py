@@ -18,12 +18,12 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
-from pyro_reparam.models import DiscreteVAE
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from pyro_reparam.data import load_digits
-from pyro_reparam.text import format_table
+from pyro_reparam.apps.data import load_digits
+from pyro_reparam.models import DiscreteVAE
+from pyro_reparam.tables import format_table
 
 BATCH, EPOCHS = 100, 60
 PYRO_BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}

@@ -20,8 +20,8 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_reparam as pr
 from benchmarks.report import write
 from benchmarks.timing import interleaved_medians
-from pyro_reparam.data import load_digits
-from pyro_reparam.text import format_table
+from pyro_reparam.apps.data import load_digits
+from pyro_reparam.tables import format_table
 
 BATCH = 256
 REPEATS = 7

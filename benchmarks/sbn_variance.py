@@ -22,12 +22,12 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro.optim import Adam
-from pyro_reparam.models import DiscreteVAE
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from pyro_reparam.data import load_digits
-from pyro_reparam.text import format_table
+from pyro_reparam.apps.data import load_digits
+from pyro_reparam.models import DiscreteVAE
+from pyro_reparam.tables import format_table
 
 BATCH = 100
 MIN_KL = 0.1

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro_reparam.models import VAE
 from torch import nn
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from pyro_reparam.data import load_digits
-from pyro_reparam.text import format_table
+from pyro_reparam.apps.data import load_digits
+from pyro_reparam.models import VAE
+from pyro_reparam.tables import format_table
 
 LATENT, HIDDEN, BATCH, EPOCHS, LR = 8, 256, 64, 200, 1e-3
 

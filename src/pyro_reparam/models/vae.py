@@ -1,0 +1,223 @@
+"""The Gaussian-latent VAE, and the plain autoencoder with the same architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
+
+from pyro_reparam.models.likelihoods import (
+    check_likelihood,
+    importance_log_likelihood,
+    pixel_distribution,
+    pixel_mean,
+)
+from pyro_reparam.models.nets import mlp
+
+KL_ESTIMATORS = ("analytic", "mc")
+
+
+class _Coder(nn.Module):
+    """Encoder ``x -> 2 * latent`` and decoder ``z -> x_dim`` (MLP, or convolutional)."""
+
+    def __init__(self, x_dim, latent_dim, hidden, activation, image_shape, conv):
+        super().__init__()
+        if not conv:
+            self.encoder = mlp([x_dim, *hidden, 2 * latent_dim], activation)
+            self.decoder = mlp([latent_dim, *hidden[::-1], x_dim], activation)
+            return
+        if image_shape is None or any(s % 4 for s in image_shape):
+            raise ValueError(
+                f"conv=True needs image_shape=(H, W) with H and W divisible by 4, got {image_shape}"
+            )
+        h, w = image_shape[0] // 4, image_shape[1] // 4
+        width = hidden[0] if hidden else 128
+        self.encoder = nn.Sequential(
+            nn.Unflatten(-1, (1, *image_shape)),
+            nn.Conv2d(1, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(-3),
+            nn.Linear(64 * h * w, width),
+            nn.ReLU(),
+            nn.Linear(width, 2 * latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, width),
+            nn.ReLU(),
+            nn.Linear(width, 64 * h * w),
+            nn.ReLU(),
+            nn.Unflatten(-1, (64, h, w)),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1),
+            nn.Flatten(-3),
+        )
+
+
+def _decode_batched(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Apply ``decoder`` to ``z`` of shape ``(..., latent)`` (conv layers want one batch dim)."""
+    flat = z.reshape(-1, z.shape[-1])
+    out = decoder(flat)
+    return out.reshape(*z.shape[:-1], out.shape[-1])
+
+
+class _Decoding(nn.Module):
+    """``decode``, ``reconstruct`` and ``interpolate`` for a model with ``encode``, a
+    ``decoder`` and a pixel ``likelihood``."""
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``E[x | z]``, shape ``(B, x_dim)``."""
+        return pixel_mean(self.likelihood, _decode_batched(self.decoder, z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Decode ``steps`` evenly spaced points between the codes of ``x1`` and ``x2``."""
+        z1, z2 = self.encode(x1.reshape(1, -1)), self.encode(x2.reshape(1, -1))
+        w = torch.linspace(0, 1, steps, device=z1.device, dtype=z1.dtype)[:, None]
+        return self.decode((1 - w) * z1 + w * z2)
+
+
+class VAE(_Decoding):
+    """Variational autoencoder with a Gaussian latent (Kingma & Welling 2014).
+
+    ``p(z) = N(0, I_d)``, ``p(x | z)`` a pixel likelihood on the decoder output,
+    ``q(z | x) = N(mu(x), diag sigma(x)^2)`` with ``z = mu + sigma * eps`` (pathwise).
+    ``x`` has shape ``(B, x_dim)``; site ``"z"`` has event shape ``(d,)`` in plate ``"data"``.
+
+    :param likelihood: ``"bernoulli"`` (binary data), ``"continuous_bernoulli"`` (intensities in
+        [0, 1]; Loaiza-Ganem & Cunningham 2019), ``"gaussian"`` (learned per-pixel sigma).
+    :param kl: ``"analytic"`` (closed-form KL, ``TraceMeanField_ELBO``) or ``"mc"`` (Monte Carlo,
+        ``Trace_ELBO``); ignored when ``iwae_particles`` is set.
+    :param iwae_particles: train the importance-weighted bound with K particles (Burda et al.
+        2016; Pyro's ``RenyiELBO`` with alpha = 0).
+    :param conv: convolutional encoder/decoder for images of ``image_shape`` (H, W divisible by 4).
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 64,
+        latent_dim: int = 2,
+        *,
+        hidden: Sequence[int] = (128,),
+        activation: str = "relu",
+        likelihood: str = "continuous_bernoulli",
+        kl: str = "analytic",
+        iwae_particles: int | None = None,
+        conv: bool = False,
+        image_shape: tuple[int, int] | None = None,
+        name: str = "vae",
+    ):
+        super().__init__()
+        if kl not in KL_ESTIMATORS:
+            raise ValueError(f"VAE: kl must be one of {KL_ESTIMATORS}, got {kl!r}")
+        if iwae_particles is not None and iwae_particles < 2:
+            raise ValueError(f"VAE: iwae_particles must be >= 2, got {iwae_particles}")
+        self.x_dim, self.latent_dim = int(x_dim), int(latent_dim)
+        self.likelihood = check_likelihood(likelihood)
+        self.kl_estimator, self.iwae_particles, self.name = kl, iwae_particles, name
+        coder = _Coder(self.x_dim, self.latent_dim, tuple(hidden), activation, image_shape, conv)
+        self.encoder, self.decoder = coder.encoder, coder.decoder
+        self.log_sigma = nn.Parameter(torch.full((self.x_dim,), -2.0))
+
+    def elbo(self, num_particles: int = 1) -> ELBO:
+        """The Pyro ELBO this VAE was configured for (plate nesting 1, vectorized particles)."""
+        opts = {"max_plate_nesting": 1, "vectorize_particles": True}
+        if self.iwae_particles:
+            return RenyiELBO(alpha=0.0, num_particles=self.iwae_particles, **opts)
+        cls = TraceMeanField_ELBO if self.kl_estimator == "analytic" else Trace_ELBO
+        return cls(num_particles=num_particles, **opts)
+
+    def prior(self, batch_shape=()) -> dist.Distribution:
+        zeros = self.log_sigma.new_zeros((*batch_shape, self.latent_dim))
+        return dist.Normal(zeros, 1.0).to_event(1)
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """``q(z | x)`` with batch shape ``x.shape[:-1]``."""
+        h = self.encoder(x)
+        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim :]
+        return dist.Normal(loc, nn.functional.softplus(raw) + 1e-4).to_event(1)
+
+    def likelihood_given(self, z: torch.Tensor) -> dist.Distribution:
+        out = _decode_batched(self.decoder, z)
+        return pixel_distribution(self.likelihood, out, self.log_sigma)
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module(f"{self.name}.decoder", self.decoder)
+        if self.likelihood == "gaussian":
+            pyro.param(f"{self.name}.log_sigma", self.log_sigma)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x.shape[:1]))
+            pyro.sample("x", self.likelihood_given(z), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module(f"{self.name}.encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.posterior(x))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean ``mu(x)``, shape ``(B, d)``."""
+        return self.posterior(x).mean
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        return self.decode(self.prior((n,)).sample())
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
+        """Importance-sampled ``log p(x)`` per data point with ``num_samples`` draws from
+        ``q(z | x)``, shape ``(B,)``."""
+        q = self.posterior(x)
+        z = q.sample((num_samples,))
+        log_w = self.likelihood_given(z).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        return importance_log_likelihood(log_w)
+
+
+class Autoencoder(_Decoding):
+    """The deterministic autoencoder with :class:`VAE`'s architecture, trained by minimizing the
+    same pixel negative log-likelihood of ``decode(encode(x))`` (no prior, no noise). It
+    reconstructs well, but its latent space has no density: points between two codes need not
+    decode to anything digit-like."""
+
+    def __init__(self, x_dim: int = 64, latent_dim: int = 2, **kwargs):
+        super().__init__()
+        vae = VAE(x_dim, latent_dim, **kwargs)
+        self.likelihood, self.latent_dim = vae.likelihood, latent_dim
+        self.encoder, self.decoder, self.log_sigma = vae.encoder, vae.decoder, vae.log_sigma
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[..., : self.latent_dim]
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Summed negative log-likelihood of the batch."""
+        out = _decode_batched(self.decoder, self.encode(x))
+        return -pixel_distribution(self.likelihood, out, self.log_sigma).log_prob(x).sum()
+
+    def fit(self, x: torch.Tensor, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,
+            seed: int = 0) -> list[float]:  # fmt: skip
+        """Adam on shuffled minibatches; returns the per-datum loss of each epoch."""
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=g).to(x.device)
+            total = 0.0
+            for i in range(0, len(x), batch_size):
+                loss = self.loss(x[perm[i : i + batch_size]])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item()
+            losses.append(total / len(x))
+        return losses

@@ -1,0 +1,94 @@
+"""A small training run for the subprocess tests of ``pr.fit`` (SIGKILL/resume, torchrun).
+
+    python tests/train_script.py OUT_DIR [--resume] [--epochs E] [--distributed] [--slow]
+
+Writes OUT_DIR/final.pt with the param store's values and the history's ELBOs.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta
+
+import pyro_reparam as pr
+from pyro_reparam.train.checkpoint import param_store_state
+
+N = 400
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(N, generator=g)
+    return x, y
+
+
+def mixed_model(x, y):
+    """A global binary switch and regression weights: a score-function and a pathwise site."""
+    switch = pyro.sample("switch", dist.Bernoulli(0.5))
+    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]), poutine.scale(scale=N / x.shape[0]):
+        pyro.sample("y", dist.Normal(x @ w + switch, 0.3), obs=y)
+
+
+def map_model(x, y):
+    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]), poutine.scale(scale=N / x.shape[0]):
+        pyro.sample("y", dist.Normal(x @ w, 0.3), obs=y)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--distributed", action="store_true")
+    p.add_argument("--slow", action="store_true", help="sleep per epoch so a kill lands mid-run")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.distributed:
+        model = map_model
+        guide = AutoDelta(model)
+        elbo = pyro.infer.Trace_ELBO()
+        batch = 40
+    else:
+        model = mixed_model
+        guide = pr.AutoReparamGuide(model)
+        elbo = pr.ScoreFunctionELBO(num_particles=1, baseline="decaying")
+        batch = 10
+
+    def report(epoch, record):
+        print(f"epoch {epoch} done", flush=True)
+        if args.slow:
+            time.sleep(0.3)
+
+    history = pr.fit(
+        model,
+        guide,
+        data(),
+        elbo=elbo,
+        optim=pyro.optim.Adam({"lr": 0.01}),
+        epochs=args.epochs,
+        batch_size=batch,
+        seed=7,
+        checkpoint_dir=args.out / "ckpt",
+        resume=args.resume,
+        progress=False,
+        callbacks=[report],
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    torch.save(
+        {"params": param_store_state(), "elbo": history.train_elbo},
+        args.out / f"final{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main()
