@@ -26,7 +26,7 @@ from pyro_reparam.measure import (
     format_comparison,
     gradient_variance,
 )
-from pyro_reparam.routing import RoutingPlan, SiteRoute, check_elbo, route
+from pyro_reparam.routing import RoutingError, RoutingPlan, SiteRoute, check_elbo, route
 from pyro_reparam.train import History, TrainingError, fit
 from pyro_reparam.train.checkpoint import CheckpointError
 
@@ -41,6 +41,7 @@ __all__ = [
     "Kind",
     "NotReparameterizedError",
     "ReparamInfo",
+    "RoutingError",
     "RoutingPlan",
     "ScoreFunctionELBO",
     "SiteRoute",

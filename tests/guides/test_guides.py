@@ -212,3 +212,16 @@ def test_encoder_errors_name_the_site():
         guide(x)
     with pytest.raises(ValueError, match="encoders names site"):
         pr.AutoReparamGuide(model, encoders={"w": one})(x)
+
+
+def test_route_honours_discrete_score():
+    def m():
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Bernoulli(0.3))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=torch.zeros(3))
+
+    enumerated = pr.route(m, pr.AutoReparamGuide(m, discrete="enumerate"))
+    assert enumerated["z"].estimator == "enumerate"
+    pyro.clear_param_store()
+    scored = pr.route(m, pr.AutoReparamGuide(m, discrete="score"))
+    assert scored["z"].estimator == "score" and scored.elbo_class == "ScoreFunctionELBO"

@@ -47,16 +47,16 @@ def test_plan_assigns_every_site():
     text = str(plan)
     for word in ("site", "estimator", "why", "leave-one-out", "ScoreFunctionELBO", "Gamma"):
         assert word in text
-    assert isinstance(plan.elbo(), pr.ScoreFunctionELBO)
+    assert isinstance(plan.elbo().inner, pr.ScoreFunctionELBO)
 
 
 def test_single_particle_uses_running_average():
     plan = pr.route(model, guide, num_particles=1)
     assert plan["flag"].variance_reduction == "decaying"
-    assert plan.elbo().baseline_for("flag") == "decaying"
+    assert plan.elbo().inner.baseline_for("flag") == "decaying"
 
 
-def test_pathwise_only_gives_trace_elbo_and_mean_field():
+def test_pathwise_only_gives_closed_form_kl_or_trace_elbo():
     def m():
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
@@ -64,8 +64,10 @@ def test_pathwise_only_gives_trace_elbo_and_mean_field():
         pyro.sample("z", dist.Normal(pyro.param("mu", torch.tensor(0.3)), 1.0))
 
     plan = pr.route(m, g)
-    assert type(plan.elbo()) is Trace_ELBO
-    assert type(plan.elbo(analytic_kl=True)).__name__ == "TraceMeanField_ELBO"
+    assert plan.elbo_class == "TraceMeanField_ELBO" and plan["z"].kl == "closed form"
+    assert type(plan.elbo().inner).__name__ == "TraceMeanField_ELBO"
+    plan = pr.route(m, g, analytic_kl=False)
+    assert type(plan.elbo().inner) is Trace_ELBO and plan["z"].kl == "Monte Carlo"
 
 
 def test_small_discrete_support_is_enumerated():
@@ -111,7 +113,7 @@ def test_unvectorizable_model_falls_back_with_a_note():
 
     plan = pr.route(m, g, enumerate="never")
     assert plan.num_particles == 1 and plan["z"].variance_reduction == "decaying"
-    assert "first choice failed" in str(plan)
+    assert "4 vectorized particles failed" in str(plan)
 
 
 def test_svi_runs_with_the_plan_elbo_and_learns():

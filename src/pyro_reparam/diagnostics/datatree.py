@@ -23,7 +23,7 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 
-from pyro_reparam.diagnostics.khat import pareto_khat, replayed_traces
+from pyro_reparam.diagnostics.khat import log_weight, pareto_khat, replayed_traces
 
 
 def _site_dims(name, site, value_shape, dims):

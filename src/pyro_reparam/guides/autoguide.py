@@ -287,7 +287,7 @@ class AutoReparamGuide(AutoGuide):
         fn = _base(site["fn"])
         event_dim = len(site["fn"].event_shape)
         mode = self._mode(name, fn)
-        infer = {"enumerate": "parallel"} if mode == "enumerate" else {}
+        infer = {"enumerate": "parallel"} if mode == "enumerate" else {"estimator": mode}
         if isinstance(fn, dist.Poisson):
             return dist.Poisson(params["log_rate"].exp()).to_event(event_dim), infer
         logits = params["logits"]

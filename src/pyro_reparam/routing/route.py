@@ -1,6 +1,6 @@
-"""Routing: give every guide sample site the best gradient estimator, and say why.
+"""``route``: give every latent site the best gradient estimator, and say why.
 
-``route(model, guide, *args)`` traces the guide once and assigns each latent site one of
+Each latent guide site gets one of
 
 * ``pathwise``: PATHWISE and IMPLICIT families (``z = g_phi(eps)``), low variance, unbiased;
 * ``relaxed``: pathwise through a continuous relaxation (biased with respect to the discrete model);
@@ -8,212 +8,57 @@
 * ``score``: the score-function estimator, Rao-Blackwellized by dependency tracking and with a
   baseline (leave-one-out across particles, a running average, or a neural baseline).
 
-``plan.elbo()`` then builds the Pyro ELBO that implements the plan, ready for ``pyro.infer.SVI``.
+When every site is pathwise and every ``KL(q(z) || p(z | ...))`` has a closed form, the KL is
+computed analytically (``TraceMeanField_ELBO``): the lowest-variance unbiased estimator of the
+two. ``plan.elbo()`` then builds the ELBO that implements the plan, ready for ``pyro.infer.SVI``.
 """
 
 from __future__ import annotations
 
-import warnings
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import kl_divergence
 
-from pyro_reparam.distributions import ScoreFunction
-from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import Kind, reparam_info
-from pyro_reparam.tables import format_table
+from pyro_reparam.routing.plan import (
+    LINEAR_ESTIMATORS,
+    VARIANCE_REDUCTION,
+    RoutingPlan,
+    RoutingRule,
+    SiteRoute,
+)
+from pyro_reparam.routing.rules import (
+    RoutingError,
+    check_enumerable,
+    default_estimator,
+    latent_sites,
+    plate_nesting,
+    positive_int,
+    requested_estimator,
+    support_size,
+)
 
-ESTIMATORS = ("pathwise", "relaxed", "enumerate", "score")
 DEFAULT_SCORE_PARTICLES = 4
+BASELINE_CHOICES = ("auto", "loo", "decaying", "nn", "none")
 
 
 @dataclass(frozen=True)
-class SiteRoute:
-    """The estimator chosen for one guide sample site, and the reason."""
+class _Request:
+    """What the caller asked :func:`route` for (the automatic choices are ``None``/``"auto"``)."""
 
-    name: str
-    family: str
-    batch_shape: tuple
-    event_shape: tuple
-    kind: Kind
-    estimator: str
-    variance_reduction: str
-    why: str
-
-    @property
-    def biased(self) -> bool:
-        return self.estimator == "relaxed"
-
-
-@dataclass
-class RoutingPlan:
-    """Per-site estimators for a (model, guide) pair; ``str(plan)`` is a readable table."""
-
-    sites: dict[str, SiteRoute]
-    num_particles: int
-    baseline: str
+    estimators: Mapping[str, str] = field(default_factory=dict)
+    num_particles: int | None = None
+    baseline: str = "auto"
+    enumerate: str = "auto"
+    max_enum_support: int = 16
+    analytic_kl: bool | str = "auto"
+    linear: str | None = None
     max_plate_nesting: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> SiteRoute:
-        return self.sites[name]
-
-    def sites_with(self, estimator: str) -> list[str]:
-        return [n for n, s in self.sites.items() if s.estimator == estimator]
-
-    @property
-    def forced_score(self) -> list[str]:
-        return [
-            n for n, s in self.sites.items() if s.estimator == "score" and s.kind.is_reparameterized
-        ]
-
-    @property
-    def elbo_name(self) -> str:
-        if self.sites_with("enumerate"):
-            return "TraceEnum_ELBO"
-        if self.sites_with("score"):
-            return "ScoreFunctionELBO"
-        return "Trace_ELBO"
-
-    def __str__(self) -> str:
-        header = ("site", "family", "shape", "kind", "estimator", "variance reduction", "why")
-        rows = [
-            (
-                s.name,
-                s.family,
-                _shape_str(s.batch_shape, s.event_shape),
-                s.kind.value,
-                s.estimator + (" (biased)" if s.biased else ""),
-                s.variance_reduction,
-                s.why,
-            )
-            for s in self.sites.values()
-        ]
-        particles = f"{self.num_particles} particle{'s' if self.num_particles > 1 else ''}"
-        lines = [format_table(header, rows, rule=True), f"ELBO: {self.elbo_name}, {particles}"]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-    def elbo(
-        self,
-        num_particles: int | None = None,
-        analytic_kl: bool = False,
-        **kwargs,
-    ) -> ELBO:
-        """A configured Pyro ELBO that implements this plan.
-
-        * every site pathwise: ``Trace_ELBO`` (``TraceMeanField_ELBO``, the closed-form KL where
-          one exists, with ``analytic_kl=True``);
-        * any site enumerated: ``TraceEnum_ELBO`` with those sites marked for parallel
-          enumeration (non-enumerated score sites then use DiCE, without baselines);
-        * otherwise any score-function site: :class:`~pyro_reparam.estimators.ScoreFunctionELBO`
-          with the plan's baseline per site.
-
-        Extra keyword arguments go to the ELBO's constructor.
-        """
-        k = num_particles or self.num_particles
-        if self.max_plate_nesting is not None:
-            kwargs.setdefault("max_plate_nesting", self.max_plate_nesting)
-        if self.sites_with("enumerate"):
-            inner = TraceEnum_ELBO(num_particles=k, vectorize_particles=k > 1, **kwargs)
-        elif self.sites_with("score"):
-            # Leave-one-out needs >= 2 particles: with one, fall back to the running average.
-            def fit(vr):
-                return "decaying" if k < 2 and vr == "loo" else vr
-
-            site_baselines = {
-                n: fit(self.sites[n].variance_reduction) for n in self.sites_with("score")
-            }
-            baseline = fit(self.baseline)
-            inner = ScoreFunctionELBO(
-                num_particles=k,
-                baseline=baseline,
-                site_baselines=site_baselines,
-                vectorize_particles=k > 1,
-                **kwargs,
-            )
-        elif analytic_kl:
-            inner = TraceMeanField_ELBO(num_particles=k, vectorize_particles=k > 1, **kwargs)
-        else:
-            inner = Trace_ELBO(num_particles=k, vectorize_particles=k > 1, **kwargs)
-        if self.sites_with("enumerate") or self.forced_score:
-            return RoutedELBO(inner, self)
-        return inner
-
-
-def _shape_str(batch_shape, event_shape) -> str:
-    b = "x".join(str(d) for d in batch_shape) or "-"
-    return b + (" | " + "x".join(str(d) for d in event_shape) if event_shape else "")
-
-
-class _ApplyRoute(Messenger):
-    """Marks planned sites for enumeration and forces the score function where the plan says."""
-
-    def __init__(self, enumerate_sites, score_sites):
-        super().__init__()
-        self.enumerate_sites = set(enumerate_sites)
-        self.score_sites = set(score_sites)
-
-    def _pyro_sample(self, msg):
-        if msg["is_observed"]:
-            return
-        if msg["name"] in self.enumerate_sites:
-            msg["infer"] = {**msg["infer"], "enumerate": "parallel"}
-        elif msg["name"] in self.score_sites:
-            msg["fn"] = ScoreFunction(msg["fn"])
-
-
-class RoutedELBO(ELBO):
-    """Runs a Pyro ELBO on the guide as the plan configures it (enumeration, forced score sites)."""
-
-    def __init__(self, inner: ELBO, plan: RoutingPlan):
-        super().__init__(
-            num_particles=inner.num_particles,
-            max_plate_nesting=inner.max_plate_nesting,
-            vectorize_particles=inner.vectorize_particles,
-        )
-        self.inner = inner
-        self.plan = plan
-        self._apply = _ApplyRoute(plan.sites_with("enumerate"), plan.forced_score)
-
-    def _configured(self, guide):
-        return self._apply(guide)
-
-    def _get_trace(self, model, guide, args, kwargs):
-        return self.inner._get_trace(model, self._configured(guide), args, kwargs)
-
-    def loss(self, model, guide, *args, **kwargs):
-        return self.inner.loss(model, self._configured(guide), *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        return self.inner.loss_and_grads(model, self._configured(guide), *args, **kwargs)
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        return self.inner.differentiable_loss(model, self._configured(guide), *args, **kwargs)
-
-
-def _latent_sites(trace):
-    for name, site in trace.nodes.items():
-        if (
-            site["type"] == "sample"
-            and not site["is_observed"]
-            and not isinstance(site["fn"], _Subsample)
-        ):
-            yield name, site
-
-
-def _support_size(fn) -> int | None:
-    try:
-        return int(fn.enumerate_support(expand=False).shape[0])
-    except (NotImplementedError, AttributeError, RuntimeError):
-        return None
 
 
 def route(
@@ -225,6 +70,9 @@ def route(
     baseline: str = "auto",
     enumerate: str = "auto",
     max_enum_support: int = 16,
+    analytic_kl: bool | str = "auto",
+    linear: str | None = None,
+    max_plate_nesting: int | None = None,
     check: bool = True,
     **kwargs,
 ) -> RoutingPlan:
@@ -233,174 +81,272 @@ def route(
     :param estimators: per-site overrides, ``{"z": "score"|"enumerate"|"pathwise"|"relaxed"}``;
         a guide site's ``infer={"estimator": ...}`` does the same, and Pyro's
         ``infer={"enumerate": "parallel"}`` asks for enumeration.
-    :param num_particles: particles per step; default 1 when every site is pathwise, else
-        ``4`` (leave-one-out needs at least 2).
+    :param num_particles: particles per step; default 1 when no site needs the score function,
+        else 4 (vectorized, for leave-one-out). Never changed behind your back: when a requested
+        value cannot run, ``route`` raises.
     :param baseline: ``"auto"`` (leave-one-out with >= 2 particles, else a running average),
-        ``"loo"``, ``"decaying"``, ``"nn"`` (needs Pyro's ``nn_baseline`` infer keys) or ``"none"``.
-    :param enumerate: ``"auto"`` enumerates score-function sites whose support has at most
-        ``max_enum_support`` values, provided every score-function site can be; ``"never"``.
-    :param check: run the chosen ELBO once on ``args`` and fall back (with a note) if it fails,
-        e.g. a model that cannot be vectorized over particles.
+        ``"loo"``, ``"decaying"``, ``"nn"`` (needs Pyro's ``nn_baseline`` infer keys) or
+        ``"none"``.
+    :param enumerate: ``"auto"`` enumerates the score-function sites when every one of them has
+        at most ``max_enum_support`` values (checked before anything is allocated);
+        ``"never"``.
+    :param analytic_kl: ``"auto"``: the closed-form KL when every site is pathwise and every KL
+        has one; ``True`` insists (an error names the sites without one); ``False``: Monte Carlo.
+    :param linear: ``"local"`` (local reparameterization) or ``"flipout"``: the estimator for
+        ``F.linear`` (and, for Flipout, convolution) layers whose weights are Normal sites.
+    :param max_plate_nesting: plate dims of the model; default: read from the traces.
+    :param check: run the chosen ELBO once on ``args``; an automatic choice that fails there is
+        replaced by the next one (said in the plan's notes), a requested one raises.
+
+    Planning leaves the caller's random number streams as they were.
     """
-    estimators = dict(estimators or {})
-    if enumerate not in ("auto", "never"):
-        raise ValueError(f"route: enumerate must be 'auto' or 'never', got {enumerate!r}")
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    sites = dict(_latent_sites(guide_trace))
-    unknown = set(estimators) - set(sites)
-    if unknown:
-        raise ValueError(
-            f"route: estimators names site(s) {sorted(unknown)} that the guide does not sample; "
-            f"the guide's latent sites are {sorted(sites)}"
-        )
-    infos = {name: reparam_info(site["fn"]) for name, site in sites.items()}
-    requested = {
-        name: estimators.get(name) or site["infer"].get("estimator") for name, site in sites.items()
-    }
-    for name, site in sites.items():
-        if site["infer"].get("enumerate") and not requested[name]:
-            requested[name] = "enumerate"
-    for name, est in requested.items():
-        if est is not None and est not in ESTIMATORS:
-            raise ValueError(
-                f"route: site {name!r} asks for estimator {est!r}; choose one of "
-                + ", ".join(ESTIMATORS)
-            )
-
-    score_like = [n for n, i in infos.items() if i.kind is Kind.SCORE_FUNCTION]
-    sizes = {n: _support_size(sites[n]["fn"]) if infos[n].enumerable else None for n in score_like}
-    auto_enum = (
-        enumerate == "auto"
-        and bool(score_like)
-        and all(
-            (sizes[n] is not None and sizes[n] <= max_enum_support) or requested[n] == "score"
-            for n in score_like
-        )
+    request = _Request(
+        dict(estimators or {}),
+        num_particles,
+        baseline,
+        enumerate,
+        max_enum_support,
+        analytic_kl,
+        linear,
+        max_plate_nesting,
     )
-    any_score = any(
-        (infos[n].kind is Kind.SCORE_FUNCTION and not auto_enum) or requested[n] == "score"
-        for n in sites
-    )
-    k = num_particles or (DEFAULT_SCORE_PARTICLES if any_score else 1)
-    chosen_baseline = ("loo" if k >= 2 else "decaying") if baseline == "auto" else baseline
-
-    routes = {}
-    for name, site in sites.items():
-        info, fn = infos[name], site["fn"]
-        est, vr, why = _choose(
-            name, info, requested[name], auto_enum, sizes.get(name), chosen_baseline, k, site
-        )
-        routes[name] = SiteRoute(
-            name,
-            info.family.split(".")[-1],
-            tuple(fn.batch_shape),
-            tuple(fn.event_shape),
-            info.kind,
-            est,
-            vr,
-            why,
-        )
-    plan = RoutingPlan(routes, k, chosen_baseline)
-    if check and any(s.estimator in ("score", "enumerate") for s in routes.values()):
-        plan = _checked(plan, model, guide, args, kwargs)
+    _check_request_options(request)
+    with _rng_untouched():
+        plan = _plan(model, guide, args, kwargs, request)
+        if check:
+            plan = _checked(plan, model, guide, args, kwargs, request)
     return plan
 
 
-def _choose(name, info, requested, auto_enum, size, baseline, k, site):
-    if requested == "enumerate":
-        if not info.enumerable:
-            raise ValueError(
-                f"route: site {name!r} ({info.family}) has no enumerable support; use 'score'"
+def _check_request_options(req: _Request) -> None:
+    if req.num_particles is not None:
+        positive_int(req.num_particles, "num_particles")
+    positive_int(req.max_enum_support, "max_enum_support")
+    if req.max_plate_nesting is not None and (
+        isinstance(req.max_plate_nesting, bool)
+        or not isinstance(req.max_plate_nesting, int)
+        or req.max_plate_nesting < 0
+    ):
+        raise RoutingError(
+            "route: max_plate_nesting must be a non-negative integer, got "
+            f"{req.max_plate_nesting!r}"
+        )
+    choices = {
+        "baseline": (req.baseline, BASELINE_CHOICES),
+        "enumerate": (req.enumerate, ("auto", "never")),
+        "analytic_kl": (req.analytic_kl, ("auto", True, False)),
+        "linear": (req.linear, (None, *LINEAR_ESTIMATORS)),
+    }
+    for what, (value, allowed) in choices.items():
+        if not any(value is a or (isinstance(a, str) and value == a) for a in allowed):
+            raise RoutingError(
+                f"route: {what}={value!r} is not a choice; use one of "
+                + ", ".join(repr(a) for a in allowed)
             )
-        return "enumerate", "exact sum", "requested: exact expectation over the support"
-    if requested == "pathwise" and not info.kind.is_reparameterized:
-        raise ValueError(
+
+
+@contextlib.contextmanager
+def _rng_untouched():
+    """Planning draws samples; the caller's random streams must not notice."""
+    state = pyro.util.get_rng_state()
+    try:
+        yield
+    finally:
+        pyro.util.set_rng_state(state)
+
+
+def _plan(model, guide, args, kwargs, req: _Request) -> RoutingPlan:
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    sites = dict(latent_sites(guide_trace))
+    unknown = set(req.estimators) - set(sites)
+    if unknown:
+        raise RoutingError(
+            f"route: estimators names site(s) {sorted(unknown)} that the guide does not sample; "
+            f"the guide's latent sites are {sorted(sites)}"
+        )
+    infos = {n: reparam_info(s["fn"]) for n, s in sites.items()}
+    asked = {n: requested_estimator(n, s["infer"], req.estimators) for n, s in sites.items()}
+    sizes = {
+        n: support_size(s["fn"]) for n, s in sites.items() if infos[n].kind is Kind.SCORE_FUNCTION
+    }
+    for n in sites:
+        _check_request(n, infos[n], asked[n], sizes.get(n), req.max_enum_support)
+    chosen, rule = _choose(sites, infos, asked, sizes, req)
+    enumerated = [n for n, e in chosen.items() if e == "enumerate"]
+    scored = [n for n, e in chosen.items() if e == "score"]
+    if enumerated and scored and req.baseline != "none":
+        raise RoutingError(
+            f"route: site(s) {enumerated} are enumerated and {scored} use the score function; "
+            "TraceEnum_ELBO gives the latter no baseline (DiCE). Route "
+            f"{enumerated} to 'score' too, or enumerate all, or pass baseline='none' to "
+            "accept the bare score function"
+        )
+    k = req.num_particles or (DEFAULT_SCORE_PARTICLES if scored else 1)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    nesting = req.max_plate_nesting
+    if nesting is None:
+        nesting = plate_nesting(guide_trace, model_trace)
+    kl = _closed_form_kl(sites, model_trace) if not (enumerated or scored) else {}
+    use_kl = _use_analytic_kl(req.analytic_kl, kl, sites)
+    site_baseline = _site_baseline(req.baseline, k)
+    routes = {
+        n: _site_route(
+            n,
+            s,
+            infos[n],
+            chosen[n],
+            asked[n],
+            sizes.get(n),
+            site_baseline,
+            k,
+            use_kl,
+            kl.get(n),
+            req.linear,
+        )
+        for n, s in sites.items()
+    }
+    elbo_class = (
+        "TraceEnum_ELBO"
+        if enumerated
+        else "ScoreFunctionELBO"
+        if scored
+        else "TraceMeanField_ELBO"
+        if use_kl
+        else "Trace_ELBO"
+    )
+    default = site_baseline if scored else ("none" if req.baseline == "none" else "-")
+    return RoutingPlan(routes, elbo_class, k, k > 1, nesting, default, rule, req.linear)
+
+
+def _choose(sites, infos, asked, sizes, req):
+    """Each site's estimator, and the rule for sites met later. Discrete sites are enumerated
+    only when no site is left to the score function (no DiCE behind a printed baseline)."""
+    rule = RoutingRule(dict(req.estimators), req.enumerate == "auto", req.max_enum_support)
+    chosen = {n: asked[n] or default_estimator(infos[n], sizes.get(n), rule) for n in sites}
+    if "score" in chosen.values() and rule.enumerate_discrete:
+        rule = replace(rule, enumerate_discrete=False)
+        chosen = {n: asked[n] or default_estimator(infos[n], sizes.get(n), rule) for n in sites}
+    if "enumerate" in chosen.values():
+        rule = replace(rule, enumerate_discrete=True)
+    return chosen, rule
+
+
+def _use_analytic_kl(analytic_kl, kl: dict[str, bool], sites) -> bool:
+    complete = bool(kl) and all(kl.values())
+    if analytic_kl is True and not complete:
+        missing = [n for n, ok in kl.items() if not ok] or sorted(sites)
+        raise RoutingError(
+            f"route: analytic_kl=True, but site(s) {missing} have no closed-form KL (or are "
+            "not pathwise); use analytic_kl='auto'"
+        )
+    return analytic_kl is not False and complete
+
+
+def _check_request(name, info, asked, size, limit) -> None:
+    if asked == "enumerate":
+        check_enumerable(name, info, size, limit)
+    if asked == "pathwise" and not info.kind.is_reparameterized:
+        raise RoutingError(
             f"route: site {name!r} ({info.family}) is {info.kind.value}: it has no pathwise "
             "gradient. Use a reparameterizable or relaxed family in the guide, or 'score'"
         )
-    if requested == "relaxed" and info.kind is not Kind.RELAXED:
-        raise ValueError(
+    if asked == "relaxed" and info.kind is not Kind.RELAXED:
+        raise RoutingError(
             f"route: site {name!r} ({info.family}) is not a relaxation; sample it from e.g. "
             "RelaxedBernoulliStraightThrough in the guide (AutoReparamGuide(discrete='relaxed'))"
         )
-    if requested == "score" or (info.kind is Kind.SCORE_FUNCTION and not auto_enum):
-        vr = "nn" if "nn_baseline" in site["infer"].get("baseline", {}) else baseline
-        reason = {
-            "loo": f"leave-one-out over {k} particles: per-datum baseline, no state",
-            "decaying": "running-average baseline (one scalar per site)",
-            "nn": "input-dependent neural baseline from the site's infer dict",
-            "none": "bare score function (no baseline)",
-        }[vr]
-        head = "requested" if requested == "score" else "no pathwise gradient"
-        return "score", vr, f"{head}; {reason}; Rao-Blackwellized by dependency"
-    if info.kind is Kind.SCORE_FUNCTION:
-        return "enumerate", "exact sum", f"discrete with {size} values: exact, zero variance"
-    if info.kind is Kind.RELAXED:
-        return "relaxed", "-", f"{info.note}; biased"
-    declared = site["infer"].get("pyro_reparam", {})  # e.g. local reparameterization in a BNN
-    return (
-        "pathwise",
-        declared.get("variance_reduction", "-"),
-        declared.get("why", info.note or "has rsample"),
+
+
+def _site_baseline(baseline: str, k: int) -> str:
+    if baseline == "auto":
+        return "loo" if k >= 2 else "decaying"
+    if baseline == "loo" and k < 2:
+        return "decaying"
+    return baseline
+
+
+def _closed_form_kl(sites, model_trace) -> dict[str, bool]:
+    """Whether ``KL(q || p)`` of each pathwise site has a registered closed form."""
+    found = {}
+    for name, site in sites.items():
+        model_site = model_trace.nodes.get(name)
+        if model_site is None or not reparam_info(site["fn"]).kind.is_reparameterized:
+            found[name] = False
+            continue
+        try:
+            kl_divergence(site["fn"], model_site["fn"])
+            found[name] = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            found[name] = False
+    return found
+
+
+def _site_route(name, site, info, est, asked, size, baseline, k, use_kl, has_kl, linear):
+    fn = site["fn"]
+    kl = "closed form" if use_kl else "Monte Carlo"
+    if est == "enumerate":
+        why = f"{'requested' if asked else 'discrete'}: exact sum over {size} values, zero variance"
+        vr, kl = "exact sum", "-"
+    elif est == "score":
+        options = site["infer"].get("baseline", {})
+        vr = (
+            "value"
+            if "baseline_value" in options
+            else "nn"
+            if "nn_baseline" in options
+            else baseline
+        )
+        reason = VARIANCE_REDUCTION[vr].format(k=k)
+        if vr == "decaying" and k < 2:
+            reason += " (leave-one-out needs >= 2 particles)"
+        head = "requested" if asked else "no pathwise gradient"
+        why = f"{head}; {reason}; Rao-Blackwellized by dependency"
+    elif est == "relaxed":
+        vr, why = "-", f"{info.note}; biased"
+    else:
+        vr = "-" if linear is None else f"{linear} (linear layers)"
+        why = info.note or "has rsample"
+        if has_kl is False:
+            why += "; KL has no closed form"
+    family = info.family.split(".")[-1]
+    return SiteRoute(
+        name, family, tuple(fn.batch_shape), tuple(fn.event_shape), info.kind, est, vr, why, kl
     )
 
 
-def _checked(plan: RoutingPlan, model, guide, args, kwargs) -> RoutingPlan:
-    """Run the plan's ELBO once; on failure fall back to a single-particle or score route."""
-    try:
-        with poutine.block(), torch.no_grad():
-            elbo = plan.elbo()
-            elbo.loss(model, guide, *args, **kwargs)
-        plan.max_plate_nesting = elbo.max_plate_nesting
-        return plan
-    except Exception as err:  # any failure of the trial run triggers the fallback
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-    fixed = {}
-    for name, s in plan.sites.items():
-        if s.estimator == "enumerate":
-            why = f"enumeration failed ({reason}); running-average baseline"
-        elif s.estimator == "score" and s.variance_reduction == "loo":
-            why = "running-average baseline (particles could not be vectorized)"
-        else:
-            fixed[name] = s
-            continue
-        fixed[name] = replace(s, estimator="score", variance_reduction="decaying", why=why)
-    fallback = RoutingPlan(fixed, 1, "decaying", notes=[f"first choice failed: {reason}"])
-    with poutine.block(), torch.no_grad():
-        fallback.elbo().loss(model, guide, *args, **kwargs)
-    return fallback
+def _checked(plan, model, guide, args, kwargs, req: _Request) -> RoutingPlan:
+    """Run the plan's ELBO once; replace an automatic choice that fails there by the next one
+    (a note says so), raise when what failed was requested."""
+    notes = []
+    while True:
+        try:
+            with poutine.block(), torch.no_grad():
+                plan.elbo().loss(model, guide, *args, **kwargs)
+            plan.notes.extend(notes)
+            return plan
+        except RoutingError:
+            raise
+        except Exception as err:  # the trial run failed: was the failing choice automatic?
+            reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+            nxt, what = _next_choice(plan, req)
+            if nxt is None:
+                raise RoutingError(
+                    f"route: the plan ({plan.describe_elbo()}) fails on these arguments "
+                    f"({reason}). Change what you requested (num_particles=1 when the model "
+                    "cannot be vectorized over particles, enumerate='never', "
+                    "analytic_kl=False), or fix the model"
+                ) from err
+            notes.append(f"{what} failed ({reason})")
+            req = nxt
+            plan = _plan(model, guide, args, kwargs, req)
 
 
-_CHECKED: set[tuple[int, int]] = set()
-
-
-def check_elbo(model: Callable, guide: Callable, elbo: ELBO, *args, **kwargs) -> list[str]:
-    """Warn (once per model/guide pair) when ``elbo`` would apply the bare score function.
-
-    Pyro's ``Trace_ELBO`` (and its relatives) add ``E[f(z) grad log q(z)]`` with no baseline for
-    every non-reparameterized guide site, silently. Returns the names of such sites.
-    """
-    if isinstance(elbo, (ScoreFunctionELBO, RoutedELBO, TraceEnum_ELBO)):
-        return []
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    bare = []
-    for name, site in _latent_sites(guide_trace):
-        if reparam_info(site["fn"]).kind is not Kind.SCORE_FUNCTION:
-            continue
-        if isinstance(elbo, TraceGraph_ELBO) and site["infer"].get("baseline"):
-            continue
-        bare.append(name)
-    key = (id(model), id(guide))
-    if bare and key not in _CHECKED:
-        _CHECKED.add(key)
-        warnings.warn(
-            f"{type(elbo).__name__} applies the bare score-function estimator (no baseline) to "
-            f"site(s) {bare}: expect very noisy gradients. Use pyro_reparam.route(model, guide, "
-            "*args).elbo() for baselines, leave-one-out or enumeration.",
-            UserWarning,
-            stacklevel=2,
-        )
-    return bare
-
-
-__all__ = ["ESTIMATORS", "RoutedELBO", "RoutingPlan", "SiteRoute", "check_elbo", "route"]
+def _next_choice(plan: RoutingPlan, req: _Request):
+    """The request with the failing automatic choice replaced, and what that choice was."""
+    if plan.elbo_class == "TraceEnum_ELBO" and req.enumerate == "auto":
+        return replace(req, enumerate="never"), "enumeration"
+    if plan.num_particles > 1 and req.num_particles is None:
+        return replace(req, num_particles=1), f"{plan.num_particles} vectorized particles"
+    if plan.elbo_class == "TraceMeanField_ELBO" and req.analytic_kl == "auto":
+        return replace(req, analytic_kl=False), "the closed-form KL"
+    return None, ""

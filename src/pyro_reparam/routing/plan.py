@@ -1,0 +1,149 @@
+"""The routing plan: one record per latent site and of the ELBO that implements them.
+
+The plan is the single source of truth: :func:`~pyro_reparam.routing.route` fills it, the
+builder (:func:`~pyro_reparam.routing.build.build_elbo`) turns exactly it into a Pyro ELBO, and
+``str(plan)`` prints what that ELBO does. It records what was built (ELBO class, particles,
+vectorization, plate nesting, per-site baseline and KL) and the rule that routes sites the
+planning trace did not contain (sites whose names change between steps, e.g. in a subsampled
+sequential plate), so that no site is ever routed silently to the bare score function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyro.infer import ELBO
+
+from pyro_reparam.families import Kind
+from pyro_reparam.tables import format_table
+
+ESTIMATORS = ("pathwise", "relaxed", "enumerate", "score")
+LINEAR_ESTIMATORS = ("local", "flipout")
+VARIANCE_REDUCTION = {
+    "loo": "leave-one-out over {k} particles: per-datum baseline, no state",
+    "decaying": "running-average baseline (one scalar per site)",
+    "nn": "input-dependent neural baseline from the site's infer dict",
+    "value": "the baseline_value from the site's infer dict",
+    "none": "bare score function (no baseline)",
+}
+
+
+@dataclass(frozen=True)
+class SiteRoute:
+    """The estimator chosen for one latent site, and the reason.
+
+    ``kl`` is how the site's ``log p - log q`` term is estimated: ``"closed form"`` (analytic
+    KL), ``"Monte Carlo"``, or ``"-"`` for enumerated sites (exact sum)."""
+
+    name: str
+    family: str
+    batch_shape: tuple
+    event_shape: tuple
+    kind: Kind
+    estimator: str
+    variance_reduction: str
+    why: str
+    kl: str = "Monte Carlo"
+
+    @property
+    def biased(self) -> bool:
+        return self.estimator == "relaxed"
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """How a site that the planning trace did not contain is routed: by its family (the
+    registry's kind), its infer keys and the per-name overrides, exactly as :func:`route`
+    routes the sites it saw."""
+
+    overrides: Mapping[str, str]
+    enumerate_discrete: bool
+    max_enum_support: int
+
+
+@dataclass
+class RoutingPlan:
+    """Per-site estimators for a (model, guide) pair and the ELBO that implements them.
+
+    :ivar sites: the routes of the sites in the planning trace, by name.
+    :ivar elbo_class: the ELBO :meth:`elbo` builds (``ScoreFunctionELBO``, ``TraceEnum_ELBO``,
+        ``TraceMeanField_ELBO`` or ``Trace_ELBO``).
+    :ivar num_particles: particles per step; ``vectorize_particles``: drawn as one batch.
+    :ivar max_plate_nesting: plate dims of the model and guide, without the particle dim.
+    :ivar baseline: the baseline of score-function sites not listed in ``sites``.
+    :ivar linear: ``"local"`` or ``"flipout"`` when a linear-layer estimator wraps the ELBO.
+    """
+
+    sites: dict[str, SiteRoute]
+    elbo_class: str
+    num_particles: int
+    vectorize_particles: bool
+    max_plate_nesting: int
+    baseline: str
+    rule: RoutingRule
+    linear: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> SiteRoute:
+        return self.sites[name]
+
+    def sites_with(self, estimator: str) -> list[str]:
+        return [n for n, s in self.sites.items() if s.estimator == estimator]
+
+    @property
+    def forced_score(self) -> list[str]:
+        """Sites of reparameterizable families routed to the score function on request."""
+        return [
+            n for n, s in self.sites.items() if s.estimator == "score" and s.kind.is_reparameterized
+        ]
+
+    @property
+    def elbo_name(self) -> str:
+        return self.elbo_class
+
+    def describe_elbo(self) -> str:
+        """One line: the ELBO class, particles, vectorization and plate nesting."""
+        k = self.num_particles
+        parts = f"{k} {'vectorized ' if self.vectorize_particles else ''}particle"
+        parts += "s" if k > 1 else ""
+        line = f"ELBO: {self.elbo_class}, {parts}, max_plate_nesting={self.max_plate_nesting}"
+        if self.linear:
+            line += f", linear layers: {self.linear}"
+        return line
+
+    def __str__(self) -> str:
+        header = ("site", "family", "shape", "kind", "estimator", "variance reduction", "KL", "why")
+        rows = [
+            (
+                s.name,
+                s.family,
+                _shape_str(s.batch_shape, s.event_shape),
+                s.kind.value,
+                s.estimator + (" (biased)" if s.biased else ""),
+                s.variance_reduction,
+                s.kl,
+                s.why,
+            )
+            for s in self.sites.values()
+        ]
+        lines = [format_table(header, rows, rule=True), self.describe_elbo()]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def elbo(self, **kwargs) -> ELBO:
+        """A new ELBO that implements this plan (a fresh object: baselines keep state).
+
+        Keyword arguments go to the ELBO's constructor; those the plan fixes
+        (``num_particles``, ``vectorize_particles``, ``max_plate_nesting``) must agree with it:
+        route again to change them."""
+        from pyro_reparam.routing.build import build_elbo
+
+        return build_elbo(self, **kwargs)
+
+
+def _shape_str(batch_shape, event_shape) -> str:
+    b = "x".join(str(d) for d in batch_shape) or "-"
+    return b + (" | " + "x".join(str(d) for d in event_shape) if event_shape else "")
