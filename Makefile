@@ -25,6 +25,7 @@ tutorials: $(STAMP)
 	$(BIN)/python -m tutorials.run --full
 
 lint: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

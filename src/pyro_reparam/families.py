@@ -280,11 +280,7 @@ def families_table(markdown: bool = False) -> str:
     """A table of every declared family: name, kind, enumerable support, note."""
     rows = [(f.name, f.kind.value, "yes" if f.enumerable else "", f.note) for f in iter_families()]
     header = ("family", "kind", "enumerable", "how")
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    return format_table(header, rows)
+    return format_table(header, rows, markdown=markdown)
 
 
 def _declare_builtin() -> None:

@@ -16,6 +16,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 
+from pyro_reparam.tables import format_table
+
 
 @dataclass
 class ParamGradStats:
@@ -62,17 +64,16 @@ class GradientStats:
         return math.sqrt(self.mean_sq_norm / max(self.trace_cov, 1e-300))
 
     def __str__(self) -> str:
-        lines = [f"{'param':<32}{'|mean|':>12}{'tr var':>12}{'mean SNR':>10}"]
-        for name, p in self.params.items():
-            lines.append(
-                f"{name:<32}{p.mean.norm().item():>12.4g}{p.variance.sum().item():>12.4g}"
-                f"{p.snr.mean().item():>10.3g}"
-            )
-        lines.append(
+        rows = [
+            (name, p.mean.norm().item(), p.variance.sum().item(), p.snr.mean().item())
+            for name, p in self.params.items()
+        ]
+        table = format_table(("param", "|mean|", "tr var", "mean SNR"), rows, rule=True)
+        total = (
             f"total: tr Cov {self.trace_cov:.4g}, |mean|^2 {self.mean_sq_norm:.4g}, "
             f"relative variance {self.relative_variance:.4g} ({self.num_draws} draws)"
         )
-        return "\n".join(lines)
+        return table + "\n" + total
 
 
 def _selector(params) -> Callable[[str], bool]:
@@ -210,13 +211,9 @@ def compare_estimators(
 
 def format_comparison(results: Mapping[str, GradientStats]) -> str:
     """A table: estimator, particles, draws, tr Cov, relative variance, SNR."""
-    header = (
-        f"{'estimator':<28}{'particles':>10}{'draws':>7}{'tr Cov':>12}{'rel. var':>11}{'SNR':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for name, s in results.items():
-        lines.append(
-            f"{name:<28}{s.evaluations_per_draw:>10}{s.num_draws:>7}{s.trace_cov:>12.4g}"
-            f"{s.relative_variance:>11.4g}{s.snr:>8.3f}"
-        )
-    return "\n".join(lines)
+    header = ("estimator", "particles", "draws", "tr Cov", "rel. var", "SNR")
+    rows = [
+        (name, s.evaluations_per_draw, s.num_draws, s.trace_cov, s.relative_variance, s.snr)
+        for name, s in results.items()
+    ]
+    return format_table(header, rows, rule=True)
