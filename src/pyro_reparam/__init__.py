@@ -5,7 +5,10 @@
 <Kind.SCORE_FUNCTION: 'score_function'>
 """
 
-from pyro_reparam import distributions
+from pyro_reparam import (
+    builtin_families,  # noqa: F401  (registers the built-in families)
+    distributions,
+)
 from pyro_reparam.diagnostics import diagnose, to_datatree, vi_khat
 from pyro_reparam.estimators import ScoreFunctionELBO
 from pyro_reparam.families import (

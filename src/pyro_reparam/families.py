@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import pyro.distributions as pdist
 import torch.distributions as tdist
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 
 from pyro_reparam.tables import format_table
 
@@ -157,8 +156,14 @@ def _is_wrapper_class(klass: type) -> bool:
     return any(issubclass(klass, w) for w in _DELEGATES)
 
 
-def _declare_delegate(cls: type, children: Callable[[tdist.Distribution], list]) -> None:
+def declare_delegate(cls: type, children: Callable[[tdist.Distribution], list]) -> None:
+    """Declare ``cls`` a wrapper whose kind is the worst kind of ``children(instance)``."""
     _DELEGATES[cls] = children
+
+
+def register_family(family: Family) -> None:
+    """Enter ``family`` in the registry as it is (the built-in tables use this)."""
+    _REGISTRY[family.cls] = family
 
 
 def lookup(cls: type) -> Family | None:
@@ -281,109 +286,3 @@ def families_table(markdown: bool = False) -> str:
     rows = [(f.name, f.kind.value, "yes" if f.enumerable else "", f.note) for f in iter_families()]
     header = ("family", "kind", "enumerable", "how")
     return format_table(header, rows, markdown=markdown)
-
-
-def _declare_builtin() -> None:
-    P, I, R, S = Kind.PATHWISE, Kind.IMPLICIT, Kind.RELAXED, Kind.SCORE_FUNCTION
-    loc_scale = "location-scale: z = loc + scale * eps"
-    entries = [
-        (tdist.Normal, P, loc_scale),
-        (tdist.Laplace, P, loc_scale + ", eps ~ Laplace(0, 1) by inverse CDF"),
-        (tdist.Cauchy, P, loc_scale + ", eps = tan(pi (u - 1/2))"),
-        (pdist.Logistic, P, loc_scale + ", eps = logit(u)"),
-        (pdist.SkewLogistic, P, "inverse CDF"),
-        (tdist.Gumbel, P, loc_scale + ", eps = -log(-log u)"),
-        (tdist.Uniform, P, "z = low + (high - low) * u"),
-        (tdist.Exponential, P, "inverse CDF: z = -log(u) / rate"),
-        (tdist.LogNormal, P, "z = exp(loc + scale * eps)"),
-        (tdist.HalfNormal, P, "z = scale * |eps|"),
-        (tdist.HalfCauchy, P, "z = scale * |eps|, eps ~ Cauchy"),
-        (tdist.Pareto, P, "z = scale * exp(E / alpha), E ~ Exponential(1)"),
-        (tdist.Weibull, P, "inverse CDF"),
-        (tdist.GeneralizedPareto, P, "inverse CDF"),
-        (tdist.LogisticNormal, P, "stick-breaking transform of a Normal"),
-        (tdist.MultivariateNormal, P, "z = loc + L eps"),
-        (tdist.LowRankMultivariateNormal, P, "z = loc + W eps1 + sqrt(D) eps2"),
-        (tdist.ContinuousBernoulli, P, "inverse CDF"),
-        (tdist.Kumaraswamy, P, "inverse CDF: z = (1 - u^(1/b))^(1/a)"),
-        (pdist.AsymmetricLaplace, P, "inverse CDF"),
-        (pdist.SoftAsymmetricLaplace, P, "sum of location-scale noises"),
-        (pdist.SoftLaplace, P, "inverse CDF"),
-        (pdist.Delta, P, "point mass: z = v(params), differentiable"),
-        (pdist.AVFMultivariateNormal, P, "z = loc + L eps with an adaptive control variate"),
-        (pdist.OMTMultivariateNormal, P, "optimal-transport pathwise gradient"),
-        (pdist.ProjectedNormal, P, "z = x / |x|, x ~ Normal"),
-        (pdist.Stable, P, "Chambers-Mallows-Stuck: z = g(alpha, beta; u, e)"),
-        (pdist.GaussianHMM, P, "Gaussian forward filtering, backward sampling"),
-        (pdist.LinearHMM, P, "pathwise through its Normal noises"),
-        (tdist.Gamma, I, "implicit gradient of the Gamma CDF"),
-        (tdist.Chi2, I, "Gamma(df / 2, 1 / 2): implicit"),
-        (tdist.Beta, I, "Dirichlet of two: implicit"),
-        (tdist.Dirichlet, I, "normalized Gammas: implicit"),
-        (tdist.InverseGamma, I, "1 / Gamma: implicit"),
-        (tdist.StudentT, I, loc_scale + "; df through implicit Gamma gradients"),
-        (tdist.FisherSnedecor, I, "ratio of Chi2s: implicit"),
-        (tdist.Wishart, I, "Bartlett decomposition with Chi2s: implicit"),
-        (pdist.MultivariateStudentT, I, "z = loc + L eps / sqrt(Chi2 / df): implicit"),
-        (pdist.AffineBeta, I, "affine map of a Beta: implicit"),
-        (pdist.GaussianScaleMixture, I, "implicit gradient of the mixture CDF"),
-        (pdist.MixtureOfDiagNormals, I, "implicit gradient of the mixture CDF"),
-        (pdist.MixtureOfDiagNormalsSharedCovariance, I, "implicit gradient of the mixture CDF"),
-        (tdist.RelaxedBernoulli, R, "Concrete / binary Gumbel-softmax relaxation"),
-        (tdist.RelaxedOneHotCategorical, R, "Concrete / Gumbel-softmax relaxation"),
-        (pdist.RelaxedBernoulliStraightThrough, R, "hard forward value, relaxed backward"),
-        (pdist.RelaxedOneHotCategoricalStraightThrough, R, "hard forward value, relaxed backward"),
-        (tdist.OneHotCategoricalStraightThrough, R, "straight-through: biased surrogate gradient"),
-        (tdist.Bernoulli, S, "discrete"),
-        (tdist.Binomial, S, "discrete"),
-        (tdist.Categorical, S, "discrete"),
-        (tdist.OneHotCategorical, S, "discrete"),
-        (tdist.Geometric, S, "discrete, infinite support"),
-        (tdist.Poisson, S, "discrete, infinite support"),
-        (tdist.NegativeBinomial, S, "discrete, infinite support"),
-        (tdist.Multinomial, S, "discrete"),
-        (tdist.MixtureSameFamily, S, "discrete component choice"),
-        (tdist.VonMises, S, "rejection sampler without a pathwise derivative"),
-        (tdist.LKJCholesky, S, "onion-method sampler without a pathwise derivative"),
-        (pdist.BetaBinomial, S, "discrete"),
-        (pdist.DirichletMultinomial, S, "discrete"),
-        (pdist.GammaPoisson, S, "discrete, infinite support"),
-        (pdist.OrderedLogistic, S, "discrete"),
-        (pdist.Empirical, S, "draws from stored samples"),
-        (pdist.OneOneMatching, S, "discrete"),
-        (pdist.OneTwoMatching, S, "discrete"),
-        (pdist.SpanningTree, S, "discrete"),
-        (pdist.ZeroInflatedDistribution, S, "discrete gate"),
-        (pdist.LogNormalNegativeBinomial, S, "discrete"),
-        (pdist.TruncatedPolyaGamma, S, "series sampler without a pathwise derivative"),
-        (pdist.CoalescentTimes, S, "no sampler with gradients"),
-        (pdist.CoalescentTimesWithRate, S, "no sampler with gradients"),
-        (pdist.SineBivariateVonMises, S, "rejection sampler"),
-        (pdist.SineSkewed, S, "no pathwise sampler"),
-        (pdist.VonMises3D, S, "no pathwise sampler"),
-        (pdist.GroupedNormalNormal, S, "no sampler"),
-        (pdist.GaussianMRF, S, "no sampler"),
-        (pdist.DiscreteHMM, S, "discrete hidden states"),
-        (pdist.GammaGaussianHMM, S, "no pathwise sampler"),
-        (pdist.ImproperUniform, S, "cannot be sampled: use it in models only"),
-        (pdist.Unit, S, "a factor with no sample"),
-        (pdist.Rejector, S, "rsample plus a score-function correction for the acceptance step"),
-    ]
-    for cls, kind, note in entries:
-        _REGISTRY[cls] = Family(cls, kind, note)
-
-    def base(fn):
-        return [fn.base_dist]
-
-    for wrapper in (
-        tdist.Independent,
-        tdist.TransformedDistribution,
-        ExpandedDistribution,
-        MaskedDistribution,
-        pdist.IndependentHMM,
-    ):
-        _declare_delegate(wrapper, base)
-    _declare_delegate(pdist.MaskedMixture, lambda fn: [fn.component0, fn.component1])
-
-
-_declare_builtin()

@@ -15,6 +15,7 @@ from pyro.infer.autoguide import AutoGuide
 from torch import nn
 
 from pyro_reparam.distributions import Kumaraswamy
+from pyro_reparam.guides import summaries
 
 CONTINUOUS_FAMILIES = ("normal", "laplace", "studentt", "kumaraswamy", "delta")
 DISCRETE_MODES = ("score", "relaxed", "enumerate")
@@ -318,7 +319,7 @@ class AutoReparamGuide(AutoGuide):
         whose median is not defined (Categorical, Poisson, ...) are left out. Amortized sites
         need the model's arguments.
         """
-        return self._summaries(lambda q, fam: _median(q, fam), args, kwargs)
+        return self._summaries(summaries.median, args, kwargs)
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -332,7 +333,7 @@ class AutoReparamGuide(AutoGuide):
                 f"AutoReparamGuide.quantiles: quantiles must be a list of numbers in (0, 1), "
                 f"got {quantiles!r}"
             )
-        return self._summaries(lambda q, fam: _quantiles(q, fam, qs), args, kwargs)
+        return self._summaries(lambda q, fam: summaries.quantiles(q, fam, qs), args, kwargs)
 
     def _summaries(self, fn, args, kwargs):
         if self.prototype_trace is None:
@@ -367,56 +368,6 @@ _DISCRETE = (
     dist.Binomial,
     dist.Geometric,
 )
-
-
-def _strip(q):
-    """(base distribution, transform or None) of a guide distribution."""
-    transform = None
-    if isinstance(q, dist.TransformedDistribution):
-        (transform,) = q.transforms
-        q = q.base_dist
-    while isinstance(q, dist.Independent):
-        q = q.base_dist
-    return q, transform
-
-
-def _median(q, family):
-    base, transform = _strip(q)
-    if family == "discrete":
-        if isinstance(base, dist.Bernoulli):
-            return (base.logits > 0).to(base.logits.dtype)
-        return None
-    if isinstance(base, Kumaraswamy):
-        return (1 - 0.5 ** base.b.reciprocal()) ** base.a.reciprocal()
-    if isinstance(base, dist.Delta):
-        return base.v.clone()
-    return base.loc.clone() if transform is None else transform(base.loc)
-
-
-def _quantiles(q, family, qs):
-    base, transform = _strip(q)
-    if family in ("discrete", "delta"):
-        return None
-    if transform is not None and transform.codomain.event_dim > 0:
-        return None
-    if isinstance(base, Kumaraswamy):
-        qs = qs.to(base.a).reshape((-1,) + (1,) * base.a.dim())
-        return (1 - (1 - qs) ** base.b.reciprocal()) ** base.a.reciprocal()
-    qs = qs.to(base.loc).reshape((-1,) + (1,) * base.loc.dim())
-    standard = {
-        "normal": lambda p: dist.Normal(0.0, 1.0).icdf(p),
-        "laplace": lambda p: -torch.sign(p - 0.5) * torch.log1p(-2 * (p - 0.5).abs()),
-        "studentt": lambda p: _student_t4_icdf(p),
-    }[family](qs)
-    u = base.loc + base.scale * standard
-    return u if transform is None else transform(u)
-
-
-def _student_t4_icdf(p):
-    """Closed-form inverse CDF of Student's t with 4 degrees of freedom."""
-    a = 4 * p * (1 - p)
-    s = torch.sqrt(a)
-    return torch.sign(p - 0.5) * 2 * torch.sqrt(torch.cos(torch.arccos(s) / 3) / s - 1)
 
 
 def _base(fn):
