@@ -18,6 +18,7 @@ BENCHMARKS = {
     "bnn_speed": "benchmarks.bnn_speed",
     "bnn_gap": "benchmarks.bnn_gap",
     "bnn_exact": "benchmarks.bnn_exact",
+    "vae_route_kl": "benchmarks.vae_route_kl",
 }
 
 
