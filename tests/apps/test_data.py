@@ -31,8 +31,18 @@ def test_npz_round_trip_and_errors(tmp_path):
     assert torch.allclose(data.images * 255, torch.from_numpy(images.reshape(5, -1)).float())
     assert data.labels.tolist() == [0, 1, 2, 3, 4]
     np.savez(tmp_path / "two.npz", a=images, b=images)
-    with pytest.raises(ValueError, match="say which with key"):
+    with pytest.raises(
+        ValueError, match=r"say which holds the images with key=\.\.\. \(--data-key"
+    ):
         load_npz(tmp_path / "two.npz")
+    np.savez(tmp_path / "xy.npz", x=images, y=np.arange(5))
+    data = load_npz(tmp_path / "xy.npz")  # the usual names, found without a key
+    assert data.images.shape == (5, 16) and data.labels.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"no array 'lbl' for the labels.*--label-key"):
+        load_npz(tmp_path / "xy.npz", label_key="lbl")
+    (tmp_path / "noise.npz").write_bytes(np.random.default_rng(1).bytes(256))
+    with pytest.raises(ValueError, match="not a readable .npz archive"):
+        load_npz(tmp_path / "noise.npz")
     np.savez(tmp_path / "range.npz", images=np.full((2, 4, 4), 3.0))
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         load_npz(tmp_path / "range.npz")

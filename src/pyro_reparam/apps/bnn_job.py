@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class BNNJob:
     out: Path = Path("runs/bnn")
     seed: int = 0
     progress: bool = True
+    resume: bool = False
+
+
+MAX_CLASSES = 100
 
 
 def toy_gap(n: int = 160, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,11 +85,26 @@ def load_table(source: str, target: str | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"train bnn: no file at {path} (or use diabetes, digits, toy)")
     if path.suffix == ".csv":
-        header = path.read_text().splitlines()[0].split(",")
+        lines = path.read_text().splitlines()
+        if not lines:
+            raise ValueError(f"train bnn: {path} is empty; it needs a header row and data rows")
+        header = [c.strip() for c in lines[0].split(",")]
         column = target or header[-1]
         if column not in header:
             raise ValueError(f"train bnn: {path} has no column {column!r}; columns: {header}")
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "input contained no data": below
+                table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        except ValueError as err:
+            raise ValueError(
+                f"train bnn: {path} has a non-numeric or ragged row ({str(err).splitlines()[0]})"
+            ) from None
+        if table.shape[0] == 0 or table.shape[1] != len(header):
+            raise ValueError(
+                f"train bnn: {path} has {table.shape[0]} data rows of {table.shape[1]} columns "
+                f"under a header of {len(header)}; it needs at least one full row"
+            )
         j = header.index(column)
         x, y = np.delete(table, j, axis=1), table[:, j]
     elif path.suffix == ".npz":
@@ -105,7 +125,8 @@ def load_table(source: str, target: str | None = None):
 
 def train_bnn(job: BNNJob) -> dict:
     x, y, task, name = load_table(job.data, job.target)
-    task = job.task or task
+    task = _checked_task(job.task or task, y, name)
+    y = y.long() if task == "classification" else y.float()
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     if name == "toy":
@@ -134,6 +155,7 @@ def train_bnn(job: BNNJob) -> dict:
     else:
         history = bnn.fit(xtr, ytr, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
                           seed=job.seed, progress=job.progress, checkpoint_dir=out,
+                          resume=job.resume,
                           device=job.device)  # fmt: skip
     metrics["seconds"] = time.perf_counter() - t
     bnn.to("cpu")  # scoring, plots and diagnostics on the CPU
@@ -187,6 +209,26 @@ def train_bnn(job: BNNJob) -> dict:
     written = ", ".join(sorted(Path(v).name for v in metrics["files"].values()))
     print(f"wrote {out}/: metrics.json, {written}, diagnostics/")
     return metrics
+
+
+def _checked_task(task: str, y: torch.Tensor, name: str) -> str:
+    """Refuse a classification the targets cannot be: non-integer values, fewer than two
+    classes, or more classes than a classifier of tabular data plausibly has."""
+    if task != "classification":
+        return task
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise ValueError(
+            f"--task classification: the targets of {name} are not whole numbers (e.g. "
+            f"{y[~torch.eq(y, y.round())][0].item():.4g}); use --task regression"
+        )
+    classes = torch.unique(y).numel()
+    if classes < 2 or y.min() < 0 or int(y.max()) + 1 > MAX_CLASSES:
+        raise ValueError(
+            f"--task classification: the targets of {name} take {classes} distinct values in "
+            f"[{y.min().item():.0f}, {y.max().item():.0f}]; a classifier needs labels 0..K-1 "
+            f"with 2 <= K <= {MAX_CLASSES}; use --task regression for a continuous target"
+        )
+    return task
 
 
 def _diagnostics(bnn: BayesianMLP, xtr, ytr, out: Path) -> dict:

@@ -62,33 +62,53 @@ def load_digits(split: str = "train") -> ImageData:
     return ImageData(torch.from_numpy(x), torch.from_numpy(y), (8, 8), f"digits/{split}")
 
 
-def load_npz(
-    path: str | Path, key: str | None = None, label_key: str | None = "labels"
-) -> ImageData:
-    """Images from an ``.npz`` file: array ``key`` (default: the only array, or ``images``)
-    of shape ``(N, H, W)`` or ``(N, H * W)`` (square), values in [0, 1] or 0..255 integers;
-    labels from ``label_key`` when present.
+IMAGE_KEYS = ("images", "x", "X", "data")
+LABEL_KEYS = ("labels", "y", "targets")
+
+
+def load_npz(path: str | Path, key: str | None = None, label_key: str | None = None) -> ImageData:
+    """Images from an ``.npz`` file: array ``key`` (default: the first of ``images``, ``x``,
+    ``X``, ``data`` present, else the only array) of shape ``(N, H, W)`` or ``(N, H * W)``
+    (square), values in [0, 1] or 0..255 integers; labels from ``label_key`` (default: the first
+    of ``labels``, ``y``, ``targets`` present), if any.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_npz: no file at {path}")
-    with np.load(path, allow_pickle=False) as f:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"load_npz: {path} is not a readable .npz archive of numeric arrays "
+            f"({type(err).__name__}); save it with numpy.savez(path, images=..., labels=...)"
+        ) from None
+    with archive as f:
         names = list(f.keys())
-        if key is None:
-            if "images" in names:
-                key = "images"
-            elif len([n for n in names if n != label_key]) == 1:
-                key = next(n for n in names if n != label_key)
-            else:
+        label_key = label_key or next((k for k in LABEL_KEYS if k in names), None)
+        key = key or _image_key(path, names, label_key)
+        wanted = (("images", "--data-key", key), ("labels", "--label-key", label_key))
+        for what, flag, name in wanted:
+            if name is not None and name not in names:
                 raise ValueError(
-                    f"load_npz: {path} holds arrays {names}; say which with key=... "
-                    "(--data-key on the command line)"
+                    f"load_npz: {path} has no array {name!r} for the {what}; it holds {names} "
+                    f"(choose with {flag})"
                 )
-        if key not in names:
-            raise ValueError(f"load_npz: {path} has no array {key!r}; it holds {names}")
         images = f[key]
-        labels = f[label_key] if label_key in names else None
+        labels = f[label_key] if label_key is not None else None
     return _checked(images, labels, str(path))
+
+
+def _image_key(path: Path, names: list[str], label_key: str | None) -> str:
+    found = next((k for k in IMAGE_KEYS if k in names), None)
+    if found is not None:
+        return found
+    others = [n for n in names if n != label_key]
+    if len(others) == 1:
+        return others[0]
+    raise ValueError(
+        f"load_npz: {path} holds arrays {names} and none is named {' / '.join(IMAGE_KEYS)}; "
+        "say which holds the images with key=... (--data-key on the command line)"
+    )
 
 
 def load_idx(path: str | Path, labels_path: str | Path | None = None) -> ImageData:
@@ -104,13 +124,19 @@ def load_idx(path: str | Path, labels_path: str | Path | None = None) -> ImageDa
     return _checked(images, labels, str(path))
 
 
-def load_images(source: str | Path, split: str = "train") -> ImageData:
-    """``"digits"`` (the embedded set, ``split`` applies), or a path to ``.npz`` / IDX data."""
+def load_images(
+    source: str | Path,
+    split: str = "train",
+    key: str | None = None,
+    label_key: str | None = None,
+) -> ImageData:
+    """``"digits"`` (the embedded set, ``split`` applies), or a path to ``.npz`` (arrays
+    ``key``/``label_key``, see :func:`load_npz`) or IDX data."""
     if str(source) == "digits":
         return load_digits(split)
     path = Path(source)
     if path.suffix == ".npz":
-        return load_npz(path)
+        return load_npz(path, key, label_key)
     if "idx3" in path.name:
         return load_idx(path)
     raise ValueError(

@@ -29,6 +29,9 @@ class ImageJob:
     """Options shared by the image jobs (the CLI's flags)."""
 
     data: str = "digits"
+    data_key: str | None = None
+    label_key: str | None = None
+    resume: bool = False
     epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
@@ -44,7 +47,7 @@ def _load(job: ImageJob, binarize: bool) -> tuple[ImageData, ImageData]:
     if job.data == "digits":
         train, test = load_images("digits", "train"), load_images("digits", "test")
     else:
-        full = load_images(job.data)
+        full = load_images(job.data, key=job.data_key, label_key=job.label_key)
         n_test = max(1, len(full) // 5)
         g = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(full), generator=g)
@@ -108,6 +111,7 @@ def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **opt
         seed=job.seed,
         val_data=test.images,
         checkpoint_dir=out,
+        resume=job.resume,
         progress=job.progress,
         **options,
     )
