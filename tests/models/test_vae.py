@@ -90,5 +90,13 @@ def test_cli_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit):
         main(["train", "vae", "--epochs", "0"])
     assert "must be a positive integer" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="no file"):
-        main(["train", "vae", "--data", "missing.npz", "--quiet"])
+    assert main(["train", "vae", "--data", "missing.npz", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("pyro-reparam: error: load_npz: no file at")
+
+
+def test_a_wrong_width_is_one_clear_error():
+    vae = VAE(64, 2)
+    with pytest.raises(ValueError, match=r"x has shape \(5, 10\), but this model was built for"):
+        vae.guide(torch.rand(5, 10))
+    with pytest.raises(ValueError, match="rows of 64 features"):
+        vae.model(torch.rand(5, 10))

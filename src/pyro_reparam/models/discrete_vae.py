@@ -16,7 +16,7 @@ from pyro_reparam.models.likelihoods import (
     pixel_distribution,
     pixel_mean,
 )
-from pyro_reparam.models.nets import mlp
+from pyro_reparam.models.nets import check_rows, mlp
 
 LATENTS = ("bernoulli", "categorical")
 ESTIMATORS = ("score", "relaxed", "enumerate")
@@ -97,6 +97,7 @@ class DiscreteVAE(nn.Module):
 
     def posterior(self, x: torch.Tensor, *, relaxed: bool = False):
         """``q(z | x)``; with ``relaxed`` its straight-through relaxation at ``temperature``."""
+        check_rows(x, self.x_dim, "DiscreteVAE")
         logits = self.encode(x)
         t = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
         # The straight-through relaxations score the soft sample, which sits on the simplex
@@ -120,6 +121,7 @@ class DiscreteVAE(nn.Module):
 
     # -- Pyro model and guide ------------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
+        check_rows(x, self.x_dim, "DiscreteVAE")
         """``p(x, z)`` over a batch ``x`` of shape ``(B, x_dim)``."""
         pyro.module(f"{self.name}.decoder", self.decoder)
         pyro.param(f"{self.name}.prior_logits", self.prior_logits)

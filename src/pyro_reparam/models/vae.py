@@ -16,7 +16,7 @@ from pyro_reparam.models.likelihoods import (
     pixel_distribution,
     pixel_mean,
 )
-from pyro_reparam.models.nets import mlp
+from pyro_reparam.models.nets import check_rows, mlp
 
 KL_ESTIMATORS = ("analytic", "mc")
 
@@ -144,6 +144,7 @@ class VAE(_Decoding):
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         """``q(z | x)`` with batch shape ``x.shape[:-1]``."""
+        check_rows(x, self.x_dim, "VAE")
         h = self.encoder(x)
         loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim :]
         return dist.Normal(loc, nn.functional.softplus(raw) + 1e-4).to_event(1)
@@ -153,6 +154,7 @@ class VAE(_Decoding):
         return pixel_distribution(self.likelihood, out, self.log_sigma)
 
     def model(self, x: torch.Tensor) -> None:
+        check_rows(x, self.x_dim, "VAE")
         pyro.module(f"{self.name}.decoder", self.decoder)
         if self.likelihood == "gaussian":
             pyro.param(f"{self.name}.log_sigma", self.log_sigma)
