@@ -224,3 +224,11 @@ def test_score_function_wrapper_does_not_mutate_base():
     assert not z.requires_grad
     assert wrapped.expand((3,)).batch_shape == (3,)
     assert torch.equal(wrapped.log_prob(T(0.3)), base.log_prob(T(0.3)))
+
+
+@pytest.mark.parametrize("bad", [{"loc": math.inf}, {"loc": math.nan}, {"scale": math.inf}])
+def test_truncated_normal_refuses_infinite_parameters(bad):
+    args = {"loc": 0.0, "scale": 1.0} | bad
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"parameter {name} must be"):
+        TruncatedNormal(args["loc"], args["scale"], -1.0, 1.0)

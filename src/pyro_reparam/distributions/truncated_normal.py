@@ -73,6 +73,13 @@ class TruncatedNormal(TorchDistribution):
                 )
             if torch.isnan(self.low).any() or torch.isnan(self.high).any():
                 raise ValueError("TruncatedNormal: parameters low and high must not be NaN")
+            for name in ("loc", "scale"):
+                value = getattr(self, name)
+                if not torch.isfinite(value).all():
+                    raise ValueError(
+                        f"TruncatedNormal: parameter {name} must be finite, got "
+                        f"{value.detach().cpu()}; an infinite {name} has no truncated Normal"
+                    )
         super().__init__(self.loc.shape, validate_args=validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
