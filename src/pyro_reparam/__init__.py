@@ -32,6 +32,7 @@ from pyro_reparam.measure import (
 from pyro_reparam.routing import RoutingError, RoutingPlan, SiteRoute, check_elbo, route
 from pyro_reparam.train import History, TrainingError, fit
 from pyro_reparam.train.checkpoint import CheckpointError
+from pyro_reparam.watch import SampledWithoutGradientError, watch_sampling
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "ReparamInfo",
     "RoutingError",
     "RoutingPlan",
+    "SampledWithoutGradientError",
     "ScoreFunctionELBO",
     "SiteRoute",
     "TrainingError",
@@ -64,4 +66,5 @@ __all__ = [
     "route",
     "to_datatree",
     "vi_khat",
+    "watch_sampling",
 ]
