@@ -3,3 +3,8 @@
 from pyro_reparam.estimators.score_elbo import BASELINES, ScoreFunctionELBO
 
 __all__ = ["BASELINES", "ScoreFunctionELBO"]
+
+from pyro_reparam.estimators.flipout import Flipout
+from pyro_reparam.estimators.local_reparam import LocalReparameterization
+
+__all__ += ["Flipout", "LocalReparameterization"]
