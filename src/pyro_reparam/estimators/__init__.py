@@ -1,8 +1,25 @@
 """Gradient estimators Pyro lacks: score-function ELBOs with per-datum-safe baselines."""
 
+from pyro_reparam.estimators.baselines import (
+    Baseline,
+    BaselineValue,
+    DecayingAverage,
+    LeaveOneOut,
+    NeuralBaseline,
+    NoBaseline,
+)
 from pyro_reparam.estimators.score_elbo import BASELINES, ScoreFunctionELBO
 
-__all__ = ["BASELINES", "ScoreFunctionELBO"]
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "BaselineValue",
+    "DecayingAverage",
+    "LeaveOneOut",
+    "NeuralBaseline",
+    "NoBaseline",
+    "ScoreFunctionELBO",
+]
 
 from pyro_reparam.estimators.flipout import Flipout
 from pyro_reparam.estimators.local_reparam import LocalReparameterization

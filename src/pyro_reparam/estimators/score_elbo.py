@@ -1,28 +1,17 @@
-"""Score-function ELBO with variance reduction that Pyro's ``TraceGraph_ELBO`` lacks.
+"""Score-function ELBO with the variance reduction that Pyro's ``TraceGraph_ELBO`` lacks.
 
 For a non-reparameterized guide site ``z`` the gradient of the ELBO has the term
 
 .. math:: E_q\\big[(c_z - b_z)\\, \\nabla_\\phi \\log q_\\phi(z)\\big],
 
-where ``c_z`` is the *downstream cost* of ``z`` (the log p - log q terms that depend on ``z``,
-found by provenance tracking: Rao-Blackwellization) and ``b_z`` is a baseline that does not
-depend on ``z``, so subtracting it leaves the gradient unbiased. Baselines:
+where ``c_z`` is the *downstream cost* of ``z``: the ``log p`` and ``-log q`` terms that depend
+on ``z``, found by provenance tracking (Rao-Blackwellization, as in ``TraceGraph_ELBO``), and
+``b_z`` a baseline that does not depend on ``z`` (:mod:`pyro_reparam.estimators.baselines`).
+The loss is the usual estimate ``-(log p - log q)`` averaged over particles; the surrogate,
+whose gradient is the estimator, adds ``sum (c_z - b_z) score_z`` and the baselines' losses.
 
-* ``"decaying"``: a running average of the mean downstream cost per datum (one scalar per site),
-  ``b <- beta b + (1 - beta) mean(c)``. Unlike Pyro's, it keeps no per-batch-position state, so a
-  smaller last minibatch or shuffled batches neither crash nor mislead it.
-* ``"loo"`` (leave-one-out, VIMCO/RLOO style): with ``K`` vectorized particles, particle ``k``'s
-  baseline is the mean cost of the other ``K - 1`` particles *for the same datum*:
-  ``b_k = (sum_j c_j - c_k) / (K - 1)``. Per-datum, stateless and unbiased.
-* ``"nn"``: an input-dependent baseline, Pyro's convention
-  ``infer={"baseline": {"nn_baseline": net, "nn_baseline_input": x}}`` on the guide site, trained
-  by the extra loss ``(c - b)^2``.
-* ``"none"``: the bare score function (for comparisons).
-
-A guide site's ``infer={"baseline": {"baseline_value": b}}`` (Pyro's key) supplies a fixed baseline.
-
-Shapes: ``c`` is summed to the site's plates, so it has the site's batch shape (with the particle
-dimension outermost, at ``-max_plate_nesting``, when particles are vectorized).
+Shapes: ``c_z`` is summed to the site's plates, so it has the site's batch shape (with the
+particle dimension outermost, at ``-max_plate_nesting``, when particles are vectorized).
 """
 
 from __future__ import annotations
@@ -32,25 +21,68 @@ from collections.abc import Mapping
 
 import pyro
 import torch
+from pyro.distributions import TorchDistribution
+from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
-from pyro.ops.provenance import detach_provenance, get_provenance, track_provenance
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_backward, torch_item
+from pyro.ops.provenance import (
+    detach_provenance,
+    extract_provenance,
+    get_provenance,
+    track_provenance,
+)
+from pyro.params import param_with_module_name
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.util import check_if_enumerated, warn_if_nan
+from torch import nn
 
+from pyro_reparam.estimators.baselines import (
+    Baseline,
+    NeuralBaseline,
+    SiteOptions,
+    check_beta,
+    make_baseline,
+)
 from pyro_reparam.families import Kind, reparam_kind
 
 BASELINES = ("decaying", "loo", "nn", "none")
-_STATE_PREFIX = "_pyro_reparam.baseline."
+_PARAM_PREFIX = "_pyro_reparam.baseline."
+_RESERVED = frozenset(dir(nn.ModuleDict()))
+
+
+class _OwnSample(TorchDistribution):
+    """``base`` handed back the very tensor it sampled, without the provenance wrapper, so that
+    samplers which recognise their own draw by identity (``ShapeAugmentedGamma``) work; the
+    log-density and score parts get the value's provenance back."""
+
+    arg_constraints = {}
+
+    def __init__(self, base: TorchDistribution):
+        self.base = base
+        self.has_rsample = base.has_rsample
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    def log_prob(self, value, *args, **kwargs):
+        raw, provenance = extract_provenance(value)
+        return track_provenance(self.base.log_prob(raw, *args, **kwargs), provenance)
+
+    def score_parts(self, value, *args, **kwargs):
+        raw, provenance = extract_provenance(value)
+        parts = self.base.score_parts(raw, *args, **kwargs)
+        return ScoreParts(*(track_provenance(part, provenance) for part in parts))
 
 
 class _TrackScoreSites(Messenger):
     """Tags values of score-function guide sites with their name (provenance), as Pyro's
     ``TrackNonReparam`` does, but using the registry so that partially reparameterized families
-    (which add a score term despite ``has_rsample``) are tracked too."""
+    (``Rejector``: ``rsample`` plus a score term of their own) are tracked too."""
 
     def _pyro_post_sample(self, msg):
         if (
@@ -59,22 +91,56 @@ class _TrackScoreSites(Messenger):
             and not msg["is_observed"]
             and reparam_kind(msg["fn"]) is Kind.SCORE_FUNCTION
         ):
+            if getattr(msg["fn"], "has_rsample", False):
+                msg["fn"] = _OwnSample(msg["fn"])
             msg["value"] = track_provenance(msg["value"], frozenset({msg["name"]}))
+
+
+def downstream_costs(model_trace, guide_trace) -> dict[str, torch.Tensor]:
+    """The downstream cost ``c_z`` of every tracked guide site ``z`` (detached).
+
+    ``c_z`` sums the model's ``log p(s)`` and the guide's ``-log q(s)`` over the sites ``s``
+    whose log-density has ``z`` in its provenance (``z`` itself and what depends on it, never
+    what is upstream of or independent of ``z``), each summed over the plates that ``z`` is not
+    in; its shape is ``z``'s batch shape (leading singleton dimensions dropped).
+    """
+    costs = defaultdict(MultiFrameTensor)
+    for trace, sign in ((model_trace, 1), (guide_trace, -1)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            term = site["log_prob"] if sign > 0 else -site["log_prob"]
+            for name in get_provenance(site["log_prob_sum"]):
+                costs[name].add((site["cond_indep_stack"], term))
+    return {
+        name: detach_provenance(cost.sum_to(guide_trace.nodes[name]["cond_indep_stack"])).detach()
+        for name, cost in costs.items()
+    }
 
 
 class ScoreFunctionELBO(ELBO):
     """ELBO whose score-function terms are Rao-Blackwellized and baselined per site.
 
-    :param int num_particles: particles per step. With ``baseline="loo"`` they are vectorized and
-        need at least 2.
-    :param str baseline: default baseline for every score-function site, one of
-        ``"decaying"``, ``"loo"``, ``"nn"``, ``"none"``; ``"auto"`` picks ``"loo"`` when
-        ``num_particles >= 2``, else ``"decaying"``.
-    :param dict site_baselines: per-site overrides, ``{"z": "none", ...}``.
-    :param float baseline_beta: decay of the running average (``"decaying"``).
+    :param int num_particles: particles per step (a positive integer).
+    :param str baseline: the default baseline of every score-function site, one of
+        ``"decaying"`` (running average), ``"loo"`` (leave-one-out over vectorized particles),
+        ``"nn"`` (the site's ``nn_baseline``), ``"none"``; ``"auto"``: ``"loo"`` with two or
+        more vectorized particles, else ``"decaying"``. With one particle ``"loo"`` falls back
+        to ``"decaying"`` (see :meth:`baseline_for` and :attr:`notes`).
+    :param dict site_baselines: per-site choices, ``{"z": "none", ...}``.
+    :param float baseline_beta: decay of the running averages, in ``[0, 1]``.
 
-    The running averages live in Pyro's param store under ``_pyro_reparam.baseline.<site>``, so
-    checkpoints of the param store carry them and a resumed run continues exactly.
+    A guide site's ``infer={"baseline": {...}}`` (Pyro's keys: ``nn_baseline`` with
+    ``nn_baseline_input``, ``baseline_value``, ``use_decaying_avg_baseline``,
+    ``baseline_beta``) wins over these defaults for that site.
+
+    The baselines are modules made on the first step that meets their site and kept in
+    :attr:`baselines`; :meth:`state_dict` / :meth:`load_state_dict` save and restore them (a
+    state loaded before the first step is applied when each site's baseline is made). A neural
+    baseline's parameters are registered in Pyro's param store (``pyro.param``) on every step,
+    so the SVI optimizer trains them, unless the guide registered them itself
+    (``pyro.module``); those the ELBO registered are saved in its state, the others with the
+    param store.
     """
 
     def __init__(
@@ -83,35 +149,48 @@ class ScoreFunctionELBO(ELBO):
         baseline: str = "auto",
         site_baselines: Mapping[str, str] | None = None,
         baseline_beta: float = 0.9,
-        max_plate_nesting: float = float("inf"),
+        max_plate_nesting: float | None = float("inf"),
         vectorize_particles: bool | None = None,
         **kwargs,
     ):
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or num_particles < 1
+        ):
+            raise ValueError(
+                f"ScoreFunctionELBO: num_particles must be a positive integer, got "
+                f"{num_particles!r}"
+            )
+        check_beta(baseline_beta, "ScoreFunctionELBO: baseline_beta")
+        if vectorize_particles is None:
+            vectorize_particles = num_particles > 1
         if baseline == "auto":
-            baseline = "loo" if num_particles >= 2 else "decaying"
-        for name, choice in [("baseline", baseline), *(site_baselines or {}).items()]:
+            baseline = "loo" if num_particles > 1 and vectorize_particles else "decaying"
+        site_baselines = dict(site_baselines or {})
+        for name, choice in [("baseline", baseline), *site_baselines.items()]:
             if choice not in BASELINES:
                 raise ValueError(
                     f"ScoreFunctionELBO: {name}={choice!r} is not a baseline; "
                     f"choose one of {', '.join(BASELINES)}"
                 )
-        uses_loo = baseline == "loo" or "loo" in (site_baselines or {}).values()
-        if uses_loo and num_particles < 2:
+        uses_loo = "loo" in (baseline, *site_baselines.values())
+        if uses_loo and num_particles > 1 and not vectorize_particles:
             raise ValueError(
-                "ScoreFunctionELBO: the leave-one-out baseline needs num_particles >= 2 "
-                f"(got {num_particles}); use baseline='decaying' for a single particle"
+                "ScoreFunctionELBO: leave-one-out compares the particles of one datum with one "
+                "another, so they must be drawn together (the same data, the same subsample): "
+                "pass vectorize_particles=True, or choose baseline='decaying'"
             )
-        if not 0.0 <= baseline_beta < 1.0:
-            raise ValueError(
-                f"ScoreFunctionELBO: baseline_beta must be in [0, 1), got {baseline_beta}"
+        self.notes: list[str] = []
+        if uses_loo and num_particles == 1:
+            baseline = "decaying" if baseline == "loo" else baseline
+            site_baselines = {n: "decaying" if c == "loo" else c for n, c in site_baselines.items()}
+            self.notes.append(
+                "leave-one-out needs num_particles >= 2: the running average ('decaying') is "
+                "used instead"
             )
-        if vectorize_particles is None:
-            vectorize_particles = num_particles > 1
-        if uses_loo and not vectorize_particles:
-            raise ValueError(
-                "ScoreFunctionELBO: leave-one-out needs vectorize_particles=True so that every "
-                "particle sees the same data (and the same subsample)"
-            )
+        if max_plate_nesting is None:
+            max_plate_nesting = float("inf")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -119,8 +198,11 @@ class ScoreFunctionELBO(ELBO):
             **kwargs,
         )
         self.baseline = baseline
-        self.site_baselines = dict(site_baselines or {})
-        self.baseline_beta = baseline_beta
+        self.site_baselines = site_baselines
+        self.baseline_beta = float(baseline_beta)
+        self.baselines = nn.ModuleDict()
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self._external: dict[str, set[str]] = {}
 
     def _get_trace(self, model, guide, args, kwargs):
         with _TrackScoreSites():
@@ -132,31 +214,36 @@ class ScoreFunctionELBO(ELBO):
         return model_trace, guide_trace
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """An estimate of the negative ELBO (no gradients)."""
+        """An estimate of the negative ELBO (no gradients; baselines untouched)."""
+        elbo = 0.0
         with torch.no_grad():
-            elbo = 0.0
             for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-                elbo += torch_item(model_trace.log_prob_sum()) - torch_item(
+                particle = torch_item(model_trace.log_prob_sum()) - torch_item(
                     guide_trace.log_prob_sum()
                 )
-        loss = -elbo / self.num_particles
+                elbo += particle / float(self.num_particles)
+        loss = -elbo
         warn_if_nan(loss, "loss")
         return loss
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Estimate the negative ELBO and backpropagate its surrogate."""
-        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
-        surrogate.backward(retain_graph=self.retain_graph)
+        """Estimate the negative ELBO and backpropagate the surrogate (when it has a gradient)."""
+        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        torch_backward(surrogate, retain_graph=self.retain_graph)
         loss = torch_item(loss)
         warn_if_nan(loss, "loss")
         return loss
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """The surrogate loss: its value is not the ELBO, but its gradient is the estimator."""
-        return self.loss_and_surrogate_loss(model, guide, *args, **kwargs)[1]
+        """The negative ELBO estimate as a tensor whose gradient is the surrogate's."""
+        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        if not torch.is_tensor(loss):
+            loss = torch.tensor(float(loss))
+        if torch.is_tensor(surrogate) and surrogate.requires_grad:
+            return loss.detach() + (surrogate - surrogate.detach())
+        return loss.detach()
 
-    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
-        """(negative ELBO estimate, surrogate loss whose gradient is the estimator)."""
+    def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         elbo, surrogate = 0.0, 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             e, s = self._particle(model_trace, guide_trace)
@@ -165,98 +252,139 @@ class ScoreFunctionELBO(ELBO):
 
     def _particle(self, model_trace, guide_trace):
         elbo, surrogate_elbo = 0.0, 0.0
-        downstream = defaultdict(MultiFrameTensor)
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
                 elbo = elbo + site["log_prob_sum"]
                 surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
-                for key in get_provenance(site["log_prob_sum"]):
-                    downstream[key].add((site["cond_indep_stack"], site["log_prob"]))
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 elbo = elbo - site["log_prob_sum"]
                 entropy_term = site["score_parts"].entropy_term
                 if not is_identically_zero(entropy_term):
                     surrogate_elbo = surrogate_elbo - entropy_term.sum()
-                for key in get_provenance(site["log_prob_sum"]):
-                    downstream[key].add((site["cond_indep_stack"], -site["log_prob"]))
-
         baseline_loss = 0.0
-        for name, cost in downstream.items():
+        for name, cost in downstream_costs(model_trace, guide_trace).items():
             site = guide_trace.nodes[name]
             score = site["score_parts"].score_function
             if is_identically_zero(score):
                 continue
-            cost = detach_provenance(cost.sum_to(site["cond_indep_stack"])).detach()
-            cost = cost.expand(score.shape)
-            b, b_loss = self._baseline(name, site, cost)
+            cost = cost.expand(torch.broadcast_shapes(cost.shape, score.shape))
+            options = SiteOptions.parse(name, site["infer"].get("baseline", {}))
+            b, b_loss = self._baseline(name, options, cost)(cost, options)
             baseline_loss = baseline_loss + b_loss
             surrogate_elbo = surrogate_elbo + (score * (cost - b)).sum()
         surrogate_loss = -surrogate_elbo + baseline_loss
         return detach_provenance(elbo), detach_provenance(surrogate_loss)
 
+    def _baseline(self, name: str, options: SiteOptions, cost: torch.Tensor) -> Baseline:
+        """Site ``name``'s baseline, made (and given any loaded state) on its first step."""
+        key = _module_key(name)
+        if key not in self.baselines:
+            vectorized = self.vectorize_particles and self.num_particles > 1
+            particle_dim = -self.max_plate_nesting if vectorized else None
+            kind = self.site_baselines.get(name, self.baseline)
+            module = make_baseline(name, kind, options, cost, self.baseline_beta, particle_dim)
+            self._external[key] = _external_params(name, module)
+            if key in self._pending:
+                _load(module, self._pending.pop(key), self._external[key])
+            self.baselines[key] = module
+        module = self.baselines[key]
+        if isinstance(module, NeuralBaseline):
+            _register(name, module)
+        return module
+
     def baseline_for(self, name: str) -> str:
-        """The baseline used at site ``name``."""
+        """The kind of baseline site ``name`` uses (``"decaying"``, ``"loo"``, ``"nn"``,
+        ``"value"``, ``"none"``): the one made on its first step, else the configured one."""
+        key = _module_key(name)
+        if key in self.baselines:
+            return self.baselines[key].kind
         return self.site_baselines.get(name, self.baseline)
 
-    def _baseline(self, name, site, cost):
-        kind = self.baseline_for(name)
-        options = site["infer"].get("baseline", {})
-        if "nn_baseline" in options or kind == "nn":
-            return self._nn_baseline(name, options, cost)
-        if "baseline_value" in options:
-            value = torch.as_tensor(options["baseline_value"], dtype=cost.dtype, device=cost.device)
-            return value.detach(), 0.0
-        if kind == "none":
-            return 0.0, 0.0
-        if kind == "loo":
-            k = self.num_particles
-            dim = -self.max_plate_nesting  # the vectorized-particle plate (Pyro counts it in)
-            if cost.dim() < -dim:
-                raise ValueError(
-                    f"site {name!r}: leave-one-out needs the particle dimension at {dim}; the "
-                    f"site's cost has shape {tuple(cost.shape)}"
-                )
-            return (cost.sum(dim, keepdim=True) - cost) / (k - 1), 0.0
-        return self._decaying(name, cost), 0.0
-
-    def _decaying(self, name, cost):
-        """The running average from *earlier* steps (independent of this sample: unbiased)."""
-        store = pyro.get_param_store()
-        key = _STATE_PREFIX + name
-        mean_cost = cost.mean()
-        if key not in store:
-            store[key] = mean_cost.detach()
-            return torch.zeros((), dtype=cost.dtype, device=cost.device)
-        old = store[key].detach()
-        store[key] = self.baseline_beta * old + (1 - self.baseline_beta) * mean_cost
-        return old
-
-    def _nn_baseline(self, name, options, cost):
-        net = options.get("nn_baseline")
-        x = options.get("nn_baseline_input")
-        if net is None or x is None:
-            raise ValueError(
-                f"site {name!r}: baseline 'nn' needs the guide site to carry "
-                'infer={"baseline": {"nn_baseline": net, "nn_baseline_input": x}}'
-            )
-        pyro.module(_STATE_PREFIX + name + ".net", net)
-        b = net(x.detach())
-        if b.shape != cost.shape:
-            try:
-                b = b.reshape(cost.shape) if b.numel() == cost.numel() else b.expand(cost.shape)
-            except RuntimeError:
-                raise ValueError(
-                    f"site {name!r}: nn_baseline returned shape {tuple(b.shape)}, expected the "
-                    f"site's downstream-cost shape {tuple(cost.shape)}"
-                ) from None
-        return b.detach(), (cost - b).pow(2).sum()
-
     def baseline_state(self) -> dict[str, float]:
-        """Current running-average baselines, by site (for training histories)."""
-        store = pyro.get_param_store()
-        return {
-            k[len(_STATE_PREFIX) :]: v.item()
-            for k, v in store.items()
-            if k.startswith(_STATE_PREFIX) and v.dim() == 0
-        }
+        """The running-average baselines by site (for training histories)."""
+        summaries = {m.site: m.summary() for m in self.baselines.values()}
+        return {site: value for site, value in summaries.items() if value is not None}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every baseline's buffers and parameters (those the param store does not already
+        hold), keyed ``<site>.<name>`` (a site's ``.`` written ``%2E``), plus any loaded state
+        not yet applied. The tensors are the baselines' own (detached), not copies."""
+        state = {}
+        for key, module in self.baselines.items():
+            external = self._external.get(key, set())
+            for k, v in module.state_dict().items():
+                if k not in external:
+                    state[f"{key}.{k}"] = v
+        for key, pending in self._pending.items():
+            state.update({f"{key}.{k}": v for k, v in pending.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` into the baselines in place; state of a site whose
+        baseline is not made yet waits for its first step."""
+        groups: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+        for k, v in state.items():
+            key, dot, rest = k.partition(".")
+            if not dot:
+                raise ValueError(
+                    f"ScoreFunctionELBO.load_state_dict: key {k!r} is not '<site>.<name>'; "
+                    "pass what state_dict() returned"
+                )
+            groups[key][rest] = v
+        for key, sub in groups.items():
+            if key in self.baselines:
+                _load(self.baselines[key], sub, self._external.get(key, set()))
+            else:
+                self._pending[key] = sub
+
+
+def _module_key(site: str) -> str:
+    """``site`` as a ``ModuleDict`` key, which may hold no ``.`` and no attribute name."""
+    key = site.replace("%", "%25").replace(".", "%2E")
+    return "%" + key if key in _RESERVED else key
+
+
+def _own_param_name(site: str, param: str) -> str:
+    return param_with_module_name(_PARAM_PREFIX + site, param)
+
+
+def _external_params(site: str, module: Baseline) -> set[str]:
+    """State keys of the network parameters that the param store holds under another name
+    (the guide registered them with ``pyro.module``): the param store saves those."""
+    if not isinstance(module, NeuralBaseline):
+        return set()
+    store = pyro.get_param_store()
+    external = set()
+    for name, p in module.net.named_parameters():
+        owner = store.param_name(p)
+        if p.requires_grad and owner is not None and owner != _own_param_name(site, name):
+            external.add(f"net.{name}")
+    return external
+
+
+def _register(site: str, module: NeuralBaseline) -> None:
+    """Put the network's trainable parameters in this step's param trace (registering those the
+    store does not hold yet), so that the SVI optimizer steps them, as for ``pyro.module``."""
+    store = pyro.get_param_store()
+    for name, p in module.net.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = store.param_name(p)
+        if owner is None:
+            owner = _own_param_name(site, name)
+            if owner in store:  # a stale tensor of an earlier network under this name
+                del store[owner]
+            store[owner] = p
+        pyro.param(owner)
+
+
+def _load(module: Baseline, state: Mapping[str, torch.Tensor], external: set[str]) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - external)
+    if missing or unexpected:
+        raise ValueError(
+            f"site {module.site!r}: the saved baseline state does not fit its {module.kind!r} "
+            f"baseline (missing {missing}, unexpected {sorted(unexpected)}); was it saved with "
+            "another baseline for this site?"
+        )
