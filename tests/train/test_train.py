@@ -131,9 +131,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     b = torch.load(killed / "final0.pt", weights_only=True)
     assert a["elbo"] == b["elbo"] and len(a["elbo"]) == 6
     assert a["params"].keys() == b["params"].keys()
-    assert any(k.startswith("_pyro_reparam.baseline.") for k in a["params"])  # state restored
-    for k in a["params"]:
-        assert torch.equal(a["params"][k], b["params"][k]), k
+    assert list(a["elbo_state"]) == ["switch.value", "switch.steps"]  # the running average
+    for part in ("params", "elbo_state"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), k
 
 
 def _nan_model(k):

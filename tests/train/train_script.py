@@ -2,7 +2,8 @@
 
     python tests/train_script.py OUT_DIR [--resume] [--epochs E] [--distributed] [--slow]
 
-Writes OUT_DIR/final.pt with the param store's values and the history's ELBOs.
+Writes OUT_DIR/final<rank>.pt with the param store's values, the ELBO's state and the history's
+ELBOs.
 """
 
 import argparse
@@ -17,7 +18,7 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoDelta
 
 import pyro_reparam as pr
-from pyro_reparam.train.checkpoint import param_store_state
+from pyro_reparam.train.checkpoint import snapshot
 
 N = 400
 
@@ -84,8 +85,9 @@ def main(argv=None):
         log=lambda msg: print(msg, file=sys.stderr),
     )
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    params, elbo_state = snapshot(elbo)
     torch.save(
-        {"params": param_store_state(), "elbo": history.train_elbo},
+        {"params": params, "elbo_state": elbo_state, "elbo": history.train_elbo},
         args.out / f"final{rank}.pt",
     )
 

@@ -1,7 +1,10 @@
 """Training: the SVI loop, its batches, distributed data parallel and checkpoints."""
 
 from pyro_reparam.train.checkpoint import CheckpointError
-from pyro_reparam.train.loop import CHECKPOINT_NAME, History, TrainingError, fit, resolve_device
+from pyro_reparam.train.faults import TrainingError
+from pyro_reparam.train.history import History
+from pyro_reparam.train.loop import CHECKPOINT_NAME, fit
+from pyro_reparam.train.options import resolve_device
 
 __all__ = [
     "CHECKPOINT_NAME",

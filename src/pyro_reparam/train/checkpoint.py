@@ -1,11 +1,14 @@
 """Checkpoints of an SVI run that can be written atomically and never execute code on load.
 
 A checkpoint holds plain tensors and Python scalars only: the param store's unconstrained
-values, the optimizer state, the RNG states (torch, CUDA, numpy, python), the epoch and step,
-and the history. It is written to ``<path>.tmp`` and renamed over ``<path>`` (atomic on POSIX),
-and read back with ``torch.load(..., weights_only=True)``, whose unpickler refuses anything
-but tensors and primitive containers: a tampered file raises :class:`CheckpointError` and
-runs nothing.
+values, the ELBO's own state (``elbo.state_dict()``: baselines, for an ELBO that keeps any),
+the optimizer state, the RNG states (torch, CUDA, numpy, python), the epoch and step, and the
+history. Each tensor is saved once, by its owner: a parameter of the ELBO's state that is also
+in the param store (a neural baseline the ELBO registered) goes with the ELBO.
+
+It is written to ``<path>.tmp`` and renamed over ``<path>`` (atomic on POSIX), and read back
+with ``torch.load(..., weights_only=True)``, whose unpickler refuses anything but tensors and
+primitive containers: a tampered file raises :class:`CheckpointError` and runs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,10 @@ import pyro
 import torch
 
 FORMAT = "pyro-reparam-checkpoint"
-LAZY_STATE = ("_pyro_reparam.baseline.", "__baseline")
-VERSION = 1
+PYRO_LAZY_STATE = "__baseline_avg_downstream_cost_"
+"""Pyro's ``TraceGraph_ELBO`` keeps its decaying averages in the param store, made on the
+first step and looked up by name: a restore creates them."""
+VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -98,10 +104,41 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def param_store_state() -> dict[str, torch.Tensor]:
-    """The unconstrained values of every parameter in Pyro's param store (detached copies)."""
+def param_store_state(exclude: Iterable[torch.Tensor] = ()) -> dict[str, torch.Tensor]:
+    """The unconstrained values of the parameters in Pyro's param store (detached copies),
+    except those whose memory is one of the tensors of ``exclude`` (saved by their owner)."""
     store = pyro.get_param_store()
-    return {name: p.detach().cpu().clone() for name, p in store._params.items()}
+    exclude = list(exclude)
+    return {
+        name: p.detach().cpu().clone()
+        for name, p in store._params.items()
+        if not any(p.is_set_to(t) for t in exclude)
+    }
+
+
+def snapshot(elbo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(param store values, the ELBO's state), detached CPU copies, each tensor saved once."""
+    state = elbo_state(elbo)
+    params = param_store_state(exclude=state.values())
+    return params, {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def elbo_state(elbo) -> dict[str, torch.Tensor]:
+    """``elbo.state_dict()`` for an ELBO that keeps state of its own, else ``{}``."""
+    get = getattr(elbo, "state_dict", None)
+    return dict(get()) if callable(get) else {}
+
+
+def restore_elbo_state(elbo, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``elbo.load_state_dict(state)``; a non-empty state for an ELBO without one is refused."""
+    load = getattr(elbo, "load_state_dict", None)
+    if callable(load):
+        load(state)
+    elif state:
+        raise CheckpointError(
+            f"{path} holds the state of an ELBO with baselines ({sorted(state)[:3]}), but this "
+            f"run's {type(elbo).__name__} keeps none; resume with the ELBO it was written with"
+        )
 
 
 def restore_param_store(values: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
@@ -109,8 +146,8 @@ def restore_param_store(values: dict[str, torch.Tensor], path: str | Path = "che
     ``nn.Module`` parameters registered with ``pyro.module`` stay the same tensors. Every saved
     parameter must already exist (run the model and guide once first)."""
     store = pyro.get_param_store()
-    for name in set(values) - set(store.keys()):
-        if name.startswith(LAZY_STATE):  # estimator state made on the first step: unconstrained
+    for name in sorted(set(values) - set(store.keys())):
+        if name.startswith(PYRO_LAZY_STATE):
             pyro.param(name, values[name].clone())
     missing = sorted(set(values) - set(store.keys()))
     if missing:
