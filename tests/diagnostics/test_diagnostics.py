@@ -165,3 +165,21 @@ def test_per_datum_khat_for_an_amortized_guide():
     assert exact.shape == (N,) and (exact == -math.inf).all()  # q(z | x) = p(z | x) per datum
     narrow = vi_khat(local, encoder(math.sqrt(0.5) / 4), _x(), num_particles=2000, plate="data")
     assert narrow.shape == (N,) and np.median(narrow) > 0.7  # theory: 1 - 1/16 for each datum
+
+
+def test_datatree_of_a_plated_autoguide_names_inputs_after_the_signature():
+    from pyro.infer.autoguide import AutoNormal
+
+    def regression(x, y):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(w * x, 1.0), obs=y)
+
+    x, y = torch.randn(10), torch.randn(10)
+    guide = AutoNormal(regression)
+    guide(x, y)
+    dt = pr.to_datatree(regression, guide, x, y, num_samples=60)
+    assert set(dt.posterior.data_vars) == {"w"}  # no subsample or auxiliary sites
+    assert dt.constant_data["x"].dims == ("data",)
+    assert dt.observed_data["y"].dims == ("data",)
+    assert dt.log_likelihood["y"].dims == ("chain", "draw", "data")

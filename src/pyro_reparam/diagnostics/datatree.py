@@ -16,12 +16,14 @@ fast.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_reparam.diagnostics.khat import log_weight, pareto_khat, replayed_traces
 
@@ -72,7 +74,7 @@ def to_datatree(
                 )
                 weights.append(log_weight(model_tr, None) - log_weight(guide_tr, None))
                 for name, site in model_tr.nodes.items():
-                    if site["type"] != "sample" or name.startswith("_"):
+                    if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
                         continue
                     if site["is_observed"]:
                         observed[name] = site["value"]
@@ -96,20 +98,40 @@ def to_datatree(
     }
     data["observed_data"] = {name: _np(v) for name, v in observed.items()}
     data["sample_stats"] = {"log_weight": _np(torch.stack(chain_weights))}
-    const = {k: _np(v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-    const |= {
-        f"arg{i}": _np(a)
-        for i, a in enumerate(args)
-        if isinstance(a, torch.Tensor) and not any(a is o for o in observed.values())
-    }
+    const, const_dims = _constant_data(model, args, kwargs, observed, site_dims)
     if const:
         data["constant_data"] = const
+        site_dims |= const_dims
     dt = az.from_dict(data, dims=site_dims, coords=dict(coords or {}))
     if histories:
         _add_history(dt, histories)
     k = [pareto_khat(w) for w in chain_weights]
     dt.attrs["vi_khat"] = k if len(k) > 1 else k[0]
     return dt
+
+
+def _constant_data(model, args, kwargs, observed, site_dims):
+    """The model's tensor arguments that are not observed data, named as in its signature
+    (``arg0``... where it has none), with a leading dim named after the plate of an observed
+    site of that size."""
+    try:
+        names = list(inspect.signature(model).bind_partial(*args).arguments)
+    except (TypeError, ValueError):
+        names = []
+    names += [f"arg{i}" for i in range(len(names), len(args))]
+    plate_of_size = {}
+    for name, value in observed.items():
+        for dim, size in zip(site_dims[name], value.shape, strict=False):
+            plate_of_size.setdefault(size, dim)
+    const, dims = {}, {}
+    for name, value in [*zip(names, args, strict=True), *kwargs.items()]:
+        if not isinstance(value, torch.Tensor) or any(value is o for o in observed.values()):
+            continue
+        const[name] = _np(value)
+        dims[name] = [f"{name}_dim_{i}" for i in range(value.dim())]
+        if value.dim() and value.shape[0] in plate_of_size:
+            dims[name][0] = plate_of_size[value.shape[0]]
+    return const, dims
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
