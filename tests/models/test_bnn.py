@@ -41,6 +41,10 @@ def test_routing_sees_pathwise_weights_and_the_guide_no_private_keys(guide):
         assert plan[f"layer{l}.weight"].estimator == plan[f"layer{l}.bias"].estimator == "pathwise"
     trace = poutine.trace(bnn.guide).get_trace(x, y)
     assert all(site["infer"] == {} for _, site in trace.iter_stochastic_nodes())
+    shown = {"meanfield": "-", "local": "local reparameterization", "flipout": "flipout"}[guide]
+    plan = bnn.route(x, y)
+    assert all(s.variance_reduction == shown for s in plan.sites.values())
+    assert plan.elbo_class == "TraceMeanField_ELBO"
 
 
 def _weights(bnn, value, last_bias):

@@ -163,6 +163,10 @@ class WeightDrawMessenger(Messenger):
         if self._draws.get(key, (None,))[0] is ref:
             del self._draws[key]
 
+    def used_sites(self) -> list[str]:
+        """The sites whose draws entered an estimated op during the last entry of the handler."""
+        return sorted({draw.name for _, draw in self._draws.values() if draw.uses})
+
     def draw_of(self, value) -> NormalDraw | None:
         """The recorded draw whose sampled tensor is ``value`` (by identity), or ``None``."""
         entry = self._draws.get(id(value)) if isinstance(value, Tensor) else None

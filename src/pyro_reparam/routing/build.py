@@ -59,7 +59,8 @@ def build_elbo(plan: RoutingPlan, **kwargs) -> RoutedELBO:
     return RoutedELBO(inner, plan)
 
 
-def _linear_handler(kind: str | None):
+def linear_handler(kind: str | None):
+    """A fresh handler of the linear-layer estimator ``kind`` (``None``: a no-op context)."""
     if kind is None:
         return contextlib.nullcontext()
     from pyro_reparam.estimators import Flipout, LocalReparameterization
@@ -127,19 +128,19 @@ class RoutedELBO(ELBO):
         return self._apply(guide)
 
     def _get_trace(self, model, guide, args, kwargs):
-        with _linear_handler(self.plan.linear):
+        with linear_handler(self.plan.linear):
             return self.inner._get_trace(model, self._guide(guide), args, kwargs)
 
     def loss(self, model, guide, *args, **kwargs):
-        with _linear_handler(self.plan.linear):
+        with linear_handler(self.plan.linear):
             return self.inner.loss(model, self._guide(guide), *args, **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        with _linear_handler(self.plan.linear):
+        with linear_handler(self.plan.linear):
             return self.inner.loss_and_grads(model, self._guide(guide), *args, **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        with _linear_handler(self.plan.linear):
+        with linear_handler(self.plan.linear):
             return self.inner.differentiable_loss(model, self._guide(guide), *args, **kwargs)
 
     def state_dict(self) -> dict:

@@ -25,6 +25,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_reparam.families import Kind, reparam_info
+from pyro_reparam.routing.build import linear_handler
 from pyro_reparam.routing.plan import (
     LINEAR_ESTIMATORS,
     VARIANCE_REDUCTION,
@@ -44,6 +45,18 @@ from pyro_reparam.routing.rules import (
 )
 
 DEFAULT_SCORE_PARTICLES = 4
+LINEAR_WHY = {
+    "local": (
+        "local reparameterization",
+        "pre-activations x mu + sqrt(x^2 sigma^2) * eps drawn per example (Kingma et al. 2015): "
+        "the same ELBO, lower variance",
+    ),
+    "flipout": (
+        "flipout",
+        "one weight-noise draw with random signs per example (Wen et al. 2018): the same ELBO, "
+        "decorrelated examples",
+    ),
+}
 BASELINE_CHOICES = ("auto", "loo", "decaying", "nn", "none")
 
 
@@ -156,7 +169,13 @@ def _rng_untouched():
 
 
 def _plan(model, guide, args, kwargs, req: _Request) -> RoutingPlan:
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    handler = linear_handler(req.linear)
+    with handler:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    layers = _linear_sites(handler, req.linear)
     sites = dict(latent_sites(guide_trace))
     unknown = set(req.estimators) - set(sites)
     if unknown:
@@ -201,7 +220,7 @@ def _plan(model, guide, args, kwargs, req: _Request) -> RoutingPlan:
             k,
             use_kl,
             kl.get(n),
-            req.linear,
+            req.linear if n in layers else None,
         )
         for n, s in sites.items()
     }
@@ -216,6 +235,21 @@ def _plan(model, guide, args, kwargs, req: _Request) -> RoutingPlan:
     )
     default = site_baseline if scored else ("none" if req.baseline == "none" else "-")
     return RoutingPlan(routes, elbo_class, k, k > 1, nesting, default, rule, req.linear)
+
+
+def _linear_sites(handler, linear: str | None) -> set[str]:
+    """The guide sites whose draws the linear-layer estimator acted on (it must act on some)."""
+    if linear is None:
+        return set()
+    used = set(handler.used_sites())
+    if not used:
+        ops = "F.linear" if linear == "local" else "F.linear or F.conv*"
+        raise RoutingError(
+            f"route: linear={linear!r}, but no {ops} call of the model takes a Normal guide draw "
+            "as its weight; such layers must call torch.nn.functional (nn.Linear does) on the "
+            "sampled weight, or leave linear=None"
+        )
+    return used
 
 
 def _choose(sites, infos, asked, sizes, req):
@@ -303,9 +337,10 @@ def _site_route(name, site, info, est, asked, size, baseline, k, use_kl, has_kl,
         why = f"{head}; {reason}; Rao-Blackwellized by dependency"
     elif est == "relaxed":
         vr, why = "-", f"{info.note}; biased"
+    elif linear is not None:
+        vr, why = LINEAR_WHY[linear]
     else:
-        vr = "-" if linear is None else f"{linear} (linear layers)"
-        why = info.note or "has rsample"
+        vr, why = "-", info.note or "has rsample"
         if has_kl is False:
             why += "; KL has no closed form"
     family = info.family.split(".")[-1]

@@ -20,6 +20,7 @@ from pyro_reparam.models.bnn.fitting import FittingMixin
 from pyro_reparam.models.bnn.nngp import PriorScales, fit_prior_scales
 from pyro_reparam.models.bnn.prediction import PredictionMixin
 from pyro_reparam.models.nets import ACTIVATIONS
+from pyro_reparam.routing import RoutingPlan, route
 
 TASKS = ("regression", "classification")
 GUIDES = tuple(HANDLERS)  # the estimator of the likelihood term: "meanfield", "local", "flipout"
@@ -206,6 +207,13 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
         if traced:
             return traced_elbo(self.guide_kind, num_particles)
         return BayesianMLPELBO(self, num_particles=num_particles, num_data=num_data)
+
+    def route(self, x: torch.Tensor, y: torch.Tensor, **kwargs) -> RoutingPlan:
+        """The routing plan of :meth:`model` / :meth:`guide` on ``(x, y)`` with the network's
+        estimator (``guide="local"`` or ``"flipout"``: the linear-layer handler on every weight
+        site; see :func:`pyro_reparam.route`): what :meth:`elbo` computes, as a table."""
+        linear = None if self.guide_kind == "meanfield" else self.guide_kind
+        return route(self.model, self.guide, x, y, linear=linear, **kwargs)
 
     # -- the network and its likelihood --------------------------------------------------------
     def _network(self, x: torch.Tensor, layers: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
