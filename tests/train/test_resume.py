@@ -24,17 +24,17 @@ def _data():
     return x, 2.0 * z - 1.0 + 0.5 * torch.randn(N, generator=g)
 
 
-def _nets(init_seed):
+def _nets(init_seed, device="cpu"):
     torch.manual_seed(init_seed)
     encoder = nn.Linear(2, 1)
     baseline = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten(0))
-    return encoder, baseline
+    return encoder.to(device), baseline.to(device)
 
 
 def _pair(encoder, baseline, how):
     def model(x, y):
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Bernoulli(0.5))
+            z = pyro.sample("z", dist.Bernoulli(x.new_tensor(0.5)))
             pyro.sample("y", dist.Normal(2.0 * z - 1.0, 0.5), obs=y)
 
     def guide(x, y):
@@ -61,15 +61,15 @@ CASES = {
 }
 
 
-def _fit(case, init_seed, epochs, ckpt_dir, resume=False, callbacks=()):
+def _fit(case, init_seed, epochs, ckpt_dir, resume=False, callbacks=(), device="cpu"):
     pyro.clear_param_store()
     make_elbo, how = CASES[case]
-    encoder, baseline = _nets(init_seed)
+    encoder, baseline = _nets(init_seed, device)
     model, guide = _pair(encoder, baseline, how)
     history = pr.fit(
         model, guide, _data(), elbo=make_elbo(), optim=pyro.optim.Adam({"lr": 0.05}),
         epochs=epochs, batch_size=BATCH, seed=3, checkpoint_dir=ckpt_dir, resume=resume,
-        progress=False, callbacks=callbacks, log=lambda _msg: None,
+        progress=False, callbacks=callbacks, log=lambda _msg: None, device=device,
     )  # fmt: skip
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     weights = {k: v.detach().clone() for k, v in baseline.state_dict().items()}
@@ -123,3 +123,18 @@ def test_the_elbo_state_is_saved_once_and_restored_before_the_first_step(tmp_pat
     elbo.load_state_dict(state["elbo"])
     assert elbo.state_dict().keys() == state["elbo"].keys()  # pending, still saved
     assert elbo.baseline_for("z") == "decaying"  # not made yet: the configured default
+
+
+@pytest.mark.cuda
+def test_resume_with_a_neural_baseline_on_cuda(tmp_path):
+    """The checkpoint is read to the CPU; the pending state is copied into CUDA tensors."""
+    case = "plugin, the ELBO registers the net"
+    full, full_params, full_net = _fit(case, 0, EPOCHS, tmp_path / "full", device="cuda")
+    _fit(case, 0, STOP, tmp_path / "cut", device="cuda")
+    resumed, params, net = _fit(case, 1, EPOCHS, tmp_path / "cut", resume=True, device="cuda")
+    assert resumed.train_elbo == pytest.approx(full.train_elbo, rel=1e-5)
+    assert all(v.device.type == "cuda" for v in net.values())
+    for got, want in ((net, full_net), (params, full_params)):
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)

@@ -105,11 +105,11 @@ def downstream_costs(model_trace, guide_trace) -> dict[str, torch.Tensor]:
     in; its shape is ``z``'s batch shape (leading singleton dimensions dropped).
     """
     costs = defaultdict(MultiFrameTensor)
-    for trace, sign in ((model_trace, 1), (guide_trace, -1)):
+    for trace, negate in ((model_trace, False), (guide_trace, True)):
         for site in trace.nodes.values():
             if site["type"] != "sample":
                 continue
-            term = site["log_prob"] if sign > 0 else -site["log_prob"]
+            term = -site["log_prob"] if negate else site["log_prob"]
             for name in get_provenance(site["log_prob_sum"]):
                 costs[name].add((site["cond_indep_stack"], term))
     return {
@@ -140,7 +140,7 @@ class ScoreFunctionELBO(ELBO):
     baseline's parameters are registered in Pyro's param store (``pyro.param``) on every step,
     so the SVI optimizer trains them, unless the guide registered them itself
     (``pyro.module``); those the ELBO registered are saved in its state, the others with the
-    param store.
+    param store. :attr:`notes` lists what the ELBO changed from what was asked.
     """
 
     def __init__(
