@@ -87,7 +87,7 @@ def _relaxed_guide(vae: DiscreteVAE, temperature: float):
 def _clear_baselines() -> None:
     store = pyro.get_param_store()
     for name in list(store.keys()):
-        if name.startswith(("__baseline", "_pyro_reparam.baseline")):
+        if name.startswith("__baseline"):  # TraceGraph_ELBO keeps its averages there
             del store[name]
 
 

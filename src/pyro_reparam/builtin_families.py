@@ -6,6 +6,7 @@ entries.
 
 import pyro.distributions as pdist
 import torch.distributions as tdist
+from pyro.distributions.testing import rejection_gamma
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 
 from pyro_reparam.families import Family, Kind, declare_delegate, register_family
@@ -107,6 +108,8 @@ _SCORE_FUNCTION = (
     (pdist.ImproperUniform, "cannot be sampled: use it in models only"),
     (pdist.Unit, "a factor with no sample"),
     (pdist.Rejector, "rsample plus a score-function correction for the acceptance step"),
+    (rejection_gamma.RejectionGamma, "rejection sampler with a score term for the accept step"),
+    (rejection_gamma.ShapeAugmentedGamma, "shape-augmented rejection sampler with a score term"),
 )
 
 

@@ -16,6 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 
+from pyro_reparam.estimators.score_elbo import BASELINE_PARAM_PREFIX
 from pyro_reparam.tables import format_table
 
 
@@ -78,7 +79,7 @@ class GradientStats:
 
 def _selector(params) -> Callable[[str], bool]:
     if params is None:
-        return lambda name: not name.startswith("_pyro_reparam.")
+        return lambda name: not name.startswith(BASELINE_PARAM_PREFIX)
     if isinstance(params, str):
         return lambda name: name.startswith(params)
     if callable(params):

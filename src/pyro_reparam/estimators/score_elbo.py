@@ -49,7 +49,9 @@ from pyro_reparam.estimators.baselines import (
 from pyro_reparam.families import Kind, reparam_kind
 
 BASELINES = ("decaying", "loo", "nn", "none")
-_PARAM_PREFIX = "_pyro_reparam.baseline."
+BASELINE_PARAM_PREFIX = "_pyro_reparam.baseline."
+"""Where the ELBO registers the parameters of neural baselines it owns in the param store
+(so that the SVI optimizer trains them)."""
 _RESERVED = frozenset(dir(nn.ModuleDict()))
 
 
@@ -346,7 +348,7 @@ def _module_key(site: str) -> str:
 
 
 def _own_param_name(site: str, param: str) -> str:
-    return param_with_module_name(_PARAM_PREFIX + site, param)
+    return param_with_module_name(BASELINE_PARAM_PREFIX + site, param)
 
 
 def _external_params(site: str, module: Baseline) -> set[str]:
