@@ -22,7 +22,7 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_reparam.diagnostics import diagnose, to_datatree
+from pyro_reparam.diagnostics import check_plateau, diagnose, save_figure, to_datatree
 from pyro_reparam.models.bnn import BayesianMLP, expected_calibration_error, interval_coverage
 from pyro_reparam.plotting import pyplot
 
@@ -129,14 +129,7 @@ def train_bnn(job: BNNJob) -> dict:
     y = y.long() if task == "classification" else y.float()
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    if name == "toy":
-        xtr, ytr = x, y
-        xte, yte = toy_gap(200, seed=1)
-    else:
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(job.seed))
-        n_test = max(1, int(len(x) * TEST_FRACTION))
-        te, tr = perm[:n_test], perm[n_test:]
-        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    xtr, ytr, xte, yte = _split(x, y, name, job.seed)
     classes = int(y.max()) + 1 if task == "classification" else 1
     pyro.clear_param_store()
     torch.manual_seed(job.seed)
@@ -171,6 +164,7 @@ def train_bnn(job: BNNJob) -> dict:
                    out / "hmc_samples.pt")  # fmt: skip
         files = {"checkpoint": out / "hmc_samples.pt"}
     else:
+        check_plateau(history)
         metrics |= {"guide": job.guide, "epochs": job.epochs, "train_elbo": history.train_elbo,
                     "kl": [r["kl"] for r in history.records],
                     "expected_log_likelihood": [r["expected_log_likelihood"]
@@ -211,6 +205,17 @@ def train_bnn(job: BNNJob) -> dict:
     return metrics
 
 
+def _split(x: torch.Tensor, y: torch.Tensor, name: str, seed: int):
+    """``(x_train, y_train, x_test, y_test)``: a random ``TEST_FRACTION`` held out (the toy's
+    test set is a fresh draw covering the gap)."""
+    if name == "toy":
+        return (x, y, *toy_gap(200, seed=1))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(len(x) * TEST_FRACTION))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
 def _checked_task(task: str, y: torch.Tensor, name: str) -> str:
     """Refuse a classification the targets cannot be: non-integer values, fewer than two
     classes, or more classes than a classifier of tabular data plausibly has."""
@@ -231,12 +236,19 @@ def _checked_task(task: str, y: torch.Tensor, name: str) -> str:
     return task
 
 
+RHAT_NOTE = (
+    "weight-space R-hat and ESS are meaningless for a network (hidden units can swap between "
+    "chains); the R-hat of the network's outputs is rhat_function_* in metrics.json"
+)
+
+
 def _diagnostics(bnn: BayesianMLP, xtr, ytr, out: Path) -> dict:
     """DataTree of the last layer's weights with PPC and pointwise log-likelihood: the HMC
     chains, or draws of the guide, its weights sampled jointly (mean-field draws) so that each
-    draw is one network."""
+    draw is one network. Prints the short summary of :func:`diagnose`."""
     if bnn.hmc_result is not None:
         dt = bnn.hmc_datatree(xtr, ytr)
+        dt.attrs["rhat_note"] = RHAT_NOTE
     else:
         xs, ys = bnn.transform(xtr, ytr)
         kind, bnn.guide_kind = bnn.guide_kind, "meanfield"
@@ -246,9 +258,14 @@ def _diagnostics(bnn: BayesianMLP, xtr, ytr, out: Path) -> dict:
                              var_names=[f"layer{last}.weight", f"layer{last}.bias"])  # fmt: skip
         finally:
             bnn.guide_kind = kind
+    units = "standardized units" if bnn.task == "regression" else "class"
+    dt.observed_data["y"].attrs["units"] = units
+    dt.posterior_predictive["y"].attrs["units"] = units
     report = diagnose(dt, out)
+    print(report["text"])
     loo = report["loo"]
     return {
+        "summary": report["text"],
         "vi_khat": report["vi_khat"],
         "vi_khat_reading": report["vi_khat_reading"],
         "loo_elpd": float(loo.elpd),
@@ -274,10 +291,7 @@ def _bands(bnn, x, y, path):
     ax.set_ylabel("y")
     ax.set_title("BNN posterior predictive: wider where there are no data")
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _calibration(bnn, x, y, path):
@@ -299,10 +313,7 @@ def _calibration(bnn, x, y, path):
     ax.set_ylabel("observed coverage (test)")
     ax.set_title(f"calibration, {len(y)} test points (SE about {math.sqrt(0.25 / len(y)):.2f})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _reliability(probs, labels, path, bins: int = 10):
@@ -323,7 +334,4 @@ def _reliability(probs, labels, path, bins: int = 10):
     ax.set_ylabel("accuracy (test)")
     ax.set_title("reliability diagram")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
