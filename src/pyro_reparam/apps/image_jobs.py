@@ -19,7 +19,13 @@ import torch
 
 from pyro_reparam.apps.data import ImageData, load_images
 from pyro_reparam.apps.plots import image_rows, latent_scatter
-from pyro_reparam.diagnostics import vi_khat
+from pyro_reparam.diagnostics import (
+    check_collapse,
+    check_data_scaling,
+    check_plateau,
+    save_figure,
+    vi_khat,
+)
 from pyro_reparam.plotting import pyplot
 from pyro_reparam.train import fit
 
@@ -121,6 +127,15 @@ def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **opt
     return history, seconds, test.images.to(job.device)
 
 
+def _check_fit(net, job: ImageJob, history, train: ImageData, x_test: torch.Tensor) -> int:
+    """Warn about a fit that failed silently: an ELBO that stalled, minibatches that leave
+    global latents unscaled, collapsed latents (returned: how many)."""
+    check_plateau(history)
+    batch = (train.images[: job.batch_size].to(job.device),)
+    check_data_scaling(net.model, net.guide, batch, len(train.images))
+    return check_collapse(net, x_test)
+
+
 def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuous_bernoulli",
               kl: str = "analytic", iwae: int | None = None, hidden: int = 256,
               conv: bool = False) -> dict:  # fmt: skip
@@ -132,6 +147,7 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
     arch = {"hidden": (hidden,), "likelihood": likelihood, "conv": conv, "image_shape": train.shape}
     vae = VAE(train.images.shape[1], latent_dim, kl=kl, iwae_particles=iwae, **arch)
     history, seconds, x_test = _fit(vae, job, train, test, out, elbo=vae.elbo())
+    collapsed = _check_fit(vae, job, history, train, x_test)
     log_px = vae.log_likelihood(x_test, num_samples=job.iw_samples).mean().item()
     ae = Autoencoder(train.images.shape[1], latent_dim, **arch).to(dev)
     ae_losses = ae.fit(train.images.to(dev), epochs=job.epochs, batch_size=job.batch_size,
@@ -168,6 +184,7 @@ def train_vae(job: ImageJob, *, latent_dim: int = 2, likelihood: str = "continuo
         "kl": kl,
         "iwae_particles": iwae,
         "autoencoder_final_train_nll": ae_losses[-1],
+        "collapsed_latents": collapsed,
         "vi_khat_per_datapoint": {
             "median": float(np.median(khat)),
             "fraction_above_0.7": float((khat > 0.7).mean()),
@@ -191,6 +208,7 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
                        temperature=temperature)  # fmt: skip
     callbacks = [lambda epoch, _r: dvae.anneal(epoch)] if estimator == "relaxed" else []
     history, seconds, x_test = _fit(dvae, job, train, test, out, callbacks=callbacks)
+    collapsed = _check_fit(dvae, job, history, train, x_test)
     log_px = dvae.log_likelihood(x_test, num_samples=job.iw_samples).mean().item()
     shape = train.shape
     files = {"elbo": history.plot(out / "elbo.png", f"DiscreteVAE ({estimator}) ELBO per image")}
@@ -215,6 +233,7 @@ def train_dvae(job: ImageJob, *, latent: str = "bernoulli", num_latents: int = 6
         "estimator": estimator,
         "routing": str(history.plan),
         "kl_per_image": dvae.kl(x_test).mean().item(),
+        "collapsed_latents": collapsed,
     }
     return _finish(metrics, job, history, log_px, seconds, files, out)
 
@@ -231,10 +250,7 @@ def _khat_histogram(khat: np.ndarray, path: Path) -> Path:
     ax.set_xlabel("Pareto k-hat of p(x, z) / q(z | x), one per test image")
     ax.set_ylabel("images")
     ax.set_title("Is the encoder a good importance sampler?")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _report(metrics: dict, out: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_reparam.diagnostics import save_figure
 from pyro_reparam.plotting import pyplot
 
 
@@ -36,11 +37,7 @@ def image_rows(
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
@@ -55,8 +52,4 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Pat
     ax.set_xlabel("z[0] (posterior mean)")
     ax.set_ylabel("z[1]")
     ax.set_title("latent space of the test images")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -207,6 +207,13 @@ class DiscreteVAE(nn.Module):
         return kl_divergence(q, p)
 
     @torch.no_grad()
+    def kl_per_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """``KL(q(z_l | x) || p(z_l))`` per data point and latent variable, in nats, shape
+        ``(B, L)``; its row sums are :meth:`kl`."""
+        q, p = self.posterior(x).base_dist, self.prior(x.shape[0]).base_dist
+        return kl_divergence(q, p)
+
+    @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
         """Importance-sampled ``log p(x)`` per data point with ``num_samples`` draws from
         ``q(z | x)``; shape ``(B,)``."""

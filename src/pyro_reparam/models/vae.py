@@ -177,6 +177,13 @@ class VAE(_Decoding):
         return self.decode(self.prior((n,)).sample())
 
     @torch.no_grad()
+    def kl_per_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """``KL(q(z_j | x) || N(0, 1)) = (mu_j^2 + sigma_j^2 - 1) / 2 - log sigma_j`` per data
+        point and latent dimension, in nats, shape ``(B, d)``."""
+        q = self.posterior(x).base_dist
+        return torch.distributions.kl_divergence(q, dist.Normal(torch.zeros_like(q.loc), 1.0))
+
+    @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, num_samples: int = 100) -> torch.Tensor:
         """Importance-sampled ``log p(x)`` per data point with ``num_samples`` draws from
         ``q(z | x)``, shape ``(B,)``."""
