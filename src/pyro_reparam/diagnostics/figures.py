@@ -2,7 +2,7 @@
 title and labelled axes, sized to read on a screen (save with
 :func:`~pyro_reparam.diagnostics.figure_io.save_figure`).
 
-* :func:`posterior_figure`: a forest plot, chains pooled, of mean, 50% and 89% equal-tailed
+* :func:`posterior_figure`: a forest plot, chains pooled, of median, 50% and 89% equal-tailed
   intervals. Up to ``MAX_ROWS`` scalars: one row each; beyond, one row per site (mean
   ``|mean|`` and mean sd of its scalars) beside the most uncertain scalars (largest sd).
 * :func:`ppc_figure`: the posterior predictive check of each observed site: for discrete data
@@ -56,6 +56,8 @@ def posterior_figure(dt, var_names: Sequence[str] | None = None, max_rows: int =
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.6 + ROW_INCHES * rows),
                                       gridspec_kw={"width_ratios": [1, 1.3]})  # fmt: skip
     _site_panel(left, shown)
+    if len(shown) < len(sites):
+        left.set_title(f"the {len(shown)} widest of {len(sites)} sites")
     widest = _most_uncertain(sites, top)
     _forest(right, widest)
     right.set_title(f"the {top} most uncertain of {total} scalars (largest sd)")
@@ -71,15 +73,14 @@ def _forest(ax, sites: Sequence[SiteDraws]) -> None:
         q.append(np.quantile(s.draws, QUANTILES, axis=0).T)
     q = np.concatenate(q) if q else np.zeros((0, len(QUANTILES)))
     y = np.arange(len(labels))[::-1]
-    ax.hlines(y, q[:, 0], q[:, 4], color="tab:blue", lw=1, label="89% interval")
-    ax.hlines(y, q[:, 1], q[:, 3], color="tab:blue", lw=3.5, label="50% interval")
-    ax.plot(q[:, 2], y, "o", color="white", mec="tab:blue", ms=4, label="median")
+    ax.hlines(y, q[:, 0], q[:, 4], color="tab:blue", lw=1)
+    ax.hlines(y, q[:, 1], q[:, 3], color="tab:blue", lw=3.5)
+    ax.plot(q[:, 2], y, "o", color="white", mec="tab:blue", ms=4)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(-0.7, len(labels) - 0.3)
-    ax.set_xlabel("value (chains pooled)")
+    ax.set_xlabel("value: median, 50% (thick) and 89% (thin) intervals, chains pooled")
     ax.set_ylabel("scalar")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
 
 
 def _site_panel(ax, sites: Sequence[SiteDraws]) -> None:
@@ -190,7 +191,8 @@ def khat_figure(pareto_k: Any, vi_khat: Sequence[float] = ()):
         more = f" and {len(vi_khat) - 4} more" if len(vi_khat) > 4 else ""
         ax.text(0.01, 0.97, f"VI k-hat of the guide: {vi}{more}", transform=ax.transAxes,
                 fontsize=8, va="top")  # fmt: skip
-    ax.set_ylim(min(-0.1, np.nanmin(k, initial=0) - 0.05), max(1.0, np.nanmax(k, initial=0) + 0.1))
+    finite = k[np.isfinite(k)]
+    ax.set_ylim(min(-0.1, finite.min(initial=0) - 0.05), max(1.0, finite.max(initial=0) + 0.1))
     ax.set_xlabel(f"observation (index along '{dim}')")
     ax.set_ylabel("Pareto k-hat")
     bad = int((k > 0.7).sum())
