@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/pyro-reparam demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --out benchmarks/results

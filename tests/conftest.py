@@ -3,6 +3,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    """One torch thread per test process: the suite runs one process per core (pytest -n auto),
+    and more threads only oversubscribe a small machine."""
+    torch.set_num_threads(1)
+
+
 def _cuda_available() -> bool:
     return torch.cuda.is_available()
 

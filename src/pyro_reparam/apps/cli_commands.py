@@ -115,6 +115,7 @@ def diagnose(args: argparse.Namespace) -> int:
         )
     dt = az.from_netcdf(found[0]).load()
     report = diagnose(dt, run / "diagnostics")
+    print(report["text"])
     print(report["summary"].to_string())
     for chain, (k, reading) in enumerate(
         zip(report["vi_khat"], report["vi_khat_reading"], strict=True)
@@ -122,7 +123,10 @@ def diagnose(args: argparse.Namespace) -> int:
         print(f"VI k-hat, chain {chain}: {k:.2f} ({reading})")
     if "loo" in report:
         print(report["loo"])
-    print(f"wrote {run / 'diagnostics'}/: " + ", ".join(report["files"]))
+    print(
+        f"wrote {run / 'diagnostics'}/ (the full tables in summary.csv and sites.csv): "
+        + ", ".join(report["files"])
+    )
     return 0
 
 
