@@ -1,384 +1,375 @@
-"""Guide builders that choose a reparameterizable family per latent site, discrete ones too."""
+"""AutoReparamGuide: a Pyro autoguide with a family per latent site, discrete sites included."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
+from operator import attrgetter
 
 import pyro
-import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
-from pyro.distributions.torch_distribution import ExpandedDistribution
-from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn.module import PyroModule
 from torch import nn
 
-from pyro_reparam.distributions import Kumaraswamy
-from pyro_reparam.guides import summaries
+from pyro_reparam.guides import calls, continuous, discrete, storage, summaries
+from pyro_reparam.guides.bijections import bijection
+from pyro_reparam.guides.joint import KINDS, JointGaussian, point_mass
 
-CONTINUOUS_FAMILIES = ("normal", "laplace", "studentt", "kumaraswamy", "delta")
-DISCRETE_MODES = ("score", "relaxed", "enumerate")
+
+@dataclass(frozen=True)
+class _Site:
+    """How the guide treats one latent site: ``kind`` is ``continuous``, ``joint`` (a site of the
+    joint Gaussian) or ``discrete``; ``family`` the continuous family or the discrete mode;
+    ``event_dim`` the unconstrained event dims; ``reads_model``: :func:`discrete.reads_model`."""
+
+    kind: str
+    family: str
+    event_dim: int = 0
+    reads_model: bool = False
+
+
+class _PrototypeInit:
+    """``init_loc_fn`` at continuous sites; the lowest support value at discrete ones."""
+
+    def __init__(self, init_loc_fn: Callable):
+        self.init_loc_fn = init_loc_fn
+
+    def __call__(self, site):
+        if site["fn"].support.is_discrete:
+            return discrete.lowest_value(site)
+        return self.init_loc_fn(site)
 
 
 class AutoReparamGuide(AutoGuide):
-    """A mean-field guide for models with continuous *and* discrete latent sites.
+    """A guide for models with continuous *and* discrete latent sites, kept as Pyro's
+    autoguides are: ``PyroParam`` attributes (``guide.<site>.<param>``, mirrored in the param
+    store as ``AutoReparamGuide.<site>.<param>``), so ``parameters()``, ``state_dict()``,
+    pickling, ``requires_grad_``, ``Predictive`` and ``AutoGuideList`` work as for ``AutoNormal``.
+    Two instances never share values (see :mod:`~pyro_reparam.guides.storage`).
 
-    Continuous site ``z`` with support ``S``: ``z = T(u)``, ``T = biject_to(S)``, with ``u`` from
-    a location-scale family (``"normal"`` by default; ``"laplace"``, ``"studentt"``), or a family on
-    ``S`` itself (``"kumaraswamy"`` on (0, 1)), or ``"delta"`` (MAP). Pick per site with
-    ``families={"z": "laplace"}``.
+    Continuous site ``z`` with support ``S``, ``T: R^m -> S`` the bijection: ``z = T(u)`` with
+    ``u`` from a location-scale family per site, ``families={"z": "normal"|"laplace"|
+    "studentt"}``, or ``"delta"`` (MAP), or ``"kumaraswamy"`` on (0, 1) (see
+    :mod:`~pyro_reparam.guides.continuous`). ``u`` starts at ``T^{-1}(init_loc_fn(site))``, its
+    scale at ``init_scale``. ``continuous="lowrank"`` (``rank``, default ``round(sqrt D)``) or
+    ``"fullrank"`` replaces the mean-field normals of the global sites by one joint Gaussian over
+    their unconstrained values (:mod:`~pyro_reparam.guides.joint`); sites with another family,
+    amortized ones and sites in subsampled plates stay mean-field.
 
-    Discrete site (Bernoulli, Categorical, OneHotCategorical, Poisson, Binomial, Geometric):
-    ``discrete="score"`` learns the same family (score-function gradients; route it with
-    :func:`pyro_reparam.route`), ``"relaxed"`` samples a straight-through relaxation at
-    ``temperature`` (Bernoulli, OneHotCategorical; biased), ``"enumerate"`` marks the
-    site for parallel enumeration (use ``TraceEnum_ELBO``; ``route`` does).
+    Discrete site (Bernoulli, Categorical, OneHotCategorical, Poisson, Binomial, Geometric): the
+    model's family with learned logits, ``discrete="score"|"enumerate"|"relaxed"`` (see
+    :mod:`~pyro_reparam.guides.discrete`; ``temperature`` for the relaxation).
+    :meth:`discrete_posterior` gives ``p(z | x)`` of the enumerable ones.
 
     Parameters have each site's full batch shape; under a subsampled ``pyro.plate`` the guide
-    uses the rows of the current subsample.
+    uses the rows of the current subsample (``create_plates`` as in Pyro's autoguides).
 
-    Amortization (VAE-style local latents): ``encoders={"z": net}`` with ``net`` an
-    ``nn.Module`` called with the model's arguments, ``net(*args, **kwargs)``, returning the
-    site's parameters for the current batch: a tuple in the order of :attr:`PARAM_NAMES`
-    (``(loc, scale)`` for the location-scale families, with ``scale > 0``; ``(a, b)`` for
-    Kumaraswamy; ``logits`` or ``log_rate`` for discrete sites) or a dict with those keys.
-    The network is registered with ``pyro.module`` as ``<guide name>.encoders.<site>``.
+    Amortization: ``encoders={"z": net}`` (an ``nn.Module``, a submodule of the guide,
+    ``encoders.z``) maps the model's arguments to the site's parameters for the current batch,
+    ``net(*args, **kwargs)``: a tuple in the family's order (``(loc, scale)``, ``scale > 0``;
+    ``(a, b)`` for Kumaraswamy; ``logits`` or ``log_rate``) or a dict with those keys.
     """
-
-    PARAM_NAMES = {
-        "normal": ("loc", "scale"),
-        "laplace": ("loc", "scale"),
-        "studentt": ("loc", "scale"),
-        "kumaraswamy": ("a", "b"),
-        "delta": ("loc",),
-        "logits": ("logits",),
-        "log_rate": ("log_rate",),
-    }
 
     def __init__(
         self,
         model: Callable,
         *,
+        init_loc_fn: Callable = init_to_feasible,
+        init_scale: float = 0.1,
         families: Mapping[str, str] | None = None,
+        continuous: str = "meanfield",
+        rank: int | None = None,
         discrete: str = "score",
         temperature: float = 0.5,
-        init_scale: float = 0.1,
         encoders: Mapping[str, nn.Module] | None = None,
         create_plates: Callable | None = None,
     ):
-        if discrete not in DISCRETE_MODES:
-            raise ValueError(
-                f"AutoReparamGuide: discrete must be one of {DISCRETE_MODES}, got {discrete!r}"
-            )
-        for site, fam in (families or {}).items():
-            if fam not in CONTINUOUS_FAMILIES:
-                raise ValueError(
-                    f"AutoReparamGuide: families[{site!r}]={fam!r}; choose one of "
-                    f"{', '.join(CONTINUOUS_FAMILIES)}"
-                )
-        if not init_scale > 0:
-            raise ValueError(f"AutoReparamGuide: init_scale must be > 0, got {init_scale}")
+        _check_options(families, continuous, rank, discrete, init_scale, encoders)
+        self.init_loc_fn = init_loc_fn
+        super().__init__(
+            InitMessenger(_PrototypeInit(init_loc_fn))(model), create_plates=create_plates
+        )
+        self._raw_model = (model,)
+        self._token = storage.new_token()
+        self._families = dict(families or {})
+        self._continuous, self._rank = continuous, rank
+        self._discrete, self._temperature = discrete, temperature
+        self._init_scale = float(init_scale)
+        self._encoded = tuple(encoders or ())
+        self._sites: dict[str, _Site] = {}
+        self._joint = None
+        self.encoders = PyroModule()
         for site, net in (encoders or {}).items():
-            if not isinstance(net, nn.Module):
-                raise TypeError(
-                    f"AutoReparamGuide: encoders[{site!r}] must be a torch.nn.Module mapping the "
-                    f"model's arguments to the site's parameters, got {type(net).__name__}"
-                )
-        self.families = dict(families or {})
-        self.encoders = dict(encoders or {})
-        self.discrete = discrete
-        self.temperature = temperature
-        self.init_scale = init_scale
-        super().__init__(model, create_plates=create_plates)
+            deep_setattr(self.encoders, site, net)
+
+    def attach_model(self, model: Callable) -> None:
+        """Give an unpickled guide its model back (Pyro's autoguides do not pickle it); only
+        sites that read the model at each call (Binomial, masked discrete sites) need it."""
+        self._model = (InitMessenger(_PrototypeInit(self.init_loc_fn))(model),)
+        self._raw_model = (model,)
+
+    def __getstate__(self):
+        kept = self._model, self._raw_model, self.master
+        # AutoGuide drops the model (often a closure) and the weak reference to a master
+        state = dict(super().__getstate__())
+        self._model, self._raw_model, self.master = kept
+        state["_raw_model"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._token = storage.new_token()
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
-        for option in ("families", "encoders"):
-            unknown = set(getattr(self, option)) - set(self._sites())
+        sites = dict(self.prototype_trace.iter_stochastic_nodes())
+        for option, names in (("families", self._families), ("encoders", self._encoded)):
+            unknown = set(names) - set(sites)
             if unknown:
                 raise ValueError(
                     f"AutoReparamGuide: {option} names site(s) {sorted(unknown)} that the model "
-                    f"does not sample; its latent sites are {sorted(self._sites())}"
+                    f"does not sample; its latent sites are {sorted(sites)}"
                 )
-        for name, site in self._sites().items():
-            fn = site["fn"]
-            if fn.support.is_discrete:
-                self._init_discrete(name, site)
+        storage.check_site_names(self, sites)
+        layout, inits = [], []  # of the joint Gaussian's sites
+        for name, site in sites.items():
+            if site["fn"].support.is_discrete:
+                self._sites[name] = self._setup_discrete(name, site)
             else:
-                self._init_continuous(name, site)
-
-    def _sites(self) -> dict:
-        return dict(self.prototype_trace.iter_stochastic_nodes())
-
-    def _param(self, name, key, init, constraint=constraints.real):
-        return pyro.param(f"{self._pyro_name}.{name}.{key}", init, constraint=constraint)
-
-    @staticmethod
-    def _full(init, site, event_dim):
-        """Expand ``init`` to the site's full plate sizes (the prototype may be subsampled)."""
-        init = init.detach()
-        for frame in site["cond_indep_stack"]:
-            if not frame.vectorized:
-                continue
-            dim = frame.dim - event_dim
-            if init.dim() < -dim:
-                init = init.reshape((1,) * (-dim - init.dim()) + init.shape)
-            size = frame.full_size or frame.size
-            if init.shape[dim] != size:
-                init = init.mean(dim, keepdim=True)
-                shape = list(init.shape)
-                shape[dim] = size
-                init = init.expand(shape)
-        return init.clone()
-
-    def _init_continuous(self, name, site):
-        family = self.families.get(name, "normal")
-        value = site["value"].detach()
-        if family == "kumaraswamy" and site["fn"].support is not constraints.unit_interval:
-            raise ValueError(
-                f"AutoReparamGuide: site {name!r} has support {site['fn'].support}; "
-                "kumaraswamy needs the unit interval"
+                self._sites[name] = self._setup_continuous(name, site, layout, inits)
+        if layout:
+            init = torch.cat([u.reshape(-1) for u in inits])
+            self._joint = JointGaussian(
+                layout, init, self._continuous, self._rank, self._init_scale
             )
-        if name in self.encoders:
-            return
-        if family == "kumaraswamy":
-            ones = self._full(torch.ones_like(value), site, len(site["fn"].event_shape))
-            self._param(name, "a", ones * 2.0, constraints.positive)
-            self._param(name, "b", ones * 2.0, constraints.positive)
-            return
-        transform = biject_to(site["fn"].support)
-        u = self._full(transform.inv(value), site, transform.codomain.event_dim)
-        self._param(name, "loc", u)
-        if family != "delta":
-            self._param(name, "scale", torch.full_like(u, self.init_scale), constraints.positive)
+        storage.claim(self, self._token)
 
-    def _init_discrete(self, name, site):
-        fn = _base(site["fn"])
-        mode = self._mode(name, fn)
-        if not isinstance(fn, _DISCRETE):
+    def _setup_continuous(self, name, site, layout: list, inits: list) -> _Site:
+        family = self._families.get(name, "normal")
+        continuous.check(name, site, family)
+        transform = bijection(site)
+        value = site["value"]
+        event_dim = site["fn"].event_dim + len(transform.inverse_shape(value.shape)) - value.dim()
+        if self._joins(name, site, family):
+            u = transform.inv(value.detach()).detach()
+            layout.append((name, u.shape, event_dim))
+            inits.append(u)
+            return _Site("joint", family, event_dim)
+        if name not in self._encoded:
+            params = continuous.init_params(family, site, transform, event_dim, self._init_scale)
+            self._set_params(name, site, params)
+        return _Site("continuous", family, event_dim)
+
+    def _joins(self, name, site, family) -> bool:
+        """Whether the site belongs to the joint Gaussian: normal, global, not amortized."""
+        subsampled = any((f.full_size or f.size) != f.size for f in site["cond_indep_stack"])
+        return (
+            self._continuous != "meanfield"
+            and family == "normal"
+            and name not in self._encoded
+            and not subsampled
+        )
+
+    def _setup_discrete(self, name, site) -> _Site:
+        if name in self._families:
             raise ValueError(
-                f"AutoReparamGuide: discrete site {name!r} has family {type(fn).__name__}; "
-                "supported: Bernoulli, Categorical, OneHotCategorical, Poisson, Binomial, Geometric"
+                f"AutoReparamGuide: families[{name!r}] is given, but site {name!r} is discrete; "
+                "choose its treatment with discrete='score'|'enumerate'|'relaxed'"
             )
-        no_relaxation = (dist.Poisson, dist.Binomial, dist.Geometric, dist.Categorical)
-        if mode == "relaxed" and isinstance(fn, no_relaxation):
-            raise ValueError(
-                f"AutoReparamGuide: site {name!r} ({type(fn).__name__}) has no relaxation here; "
-                "use discrete='score' or 'enumerate' (a Categorical can be relaxed when the "
-                "model samples it as OneHotCategorical)"
-            )
-        if name in self.encoders:
-            return
-        shape = site["fn"].batch_shape + site["fn"].event_shape
-        event_dim = len(site["fn"].event_shape)
-        if isinstance(fn, dist.Poisson):
-            init = fn.rate.detach().log().expand(shape)
-            self._param(name, "log_rate", self._full(init, site, event_dim))
-        elif isinstance(fn, (dist.Categorical, dist.OneHotCategorical)):
-            logits = fn.logits.detach()
-            init = logits.expand(site["fn"].batch_shape + logits.shape[-1:])
-            self._param(name, "logits", self._full(init, site, event_dim + 1))
-        else:
-            init = fn.logits.detach().expand(shape)
-            self._param(name, "logits", self._full(init, site, event_dim))
+        mode = discrete.mode_for(site["fn"], self._discrete)
+        discrete.check(name, site["fn"], mode)
+        if name not in self._encoded:
+            self._set_params(name, site, discrete.init_params(site))
+        return _Site("discrete", mode, reads_model=discrete.reads_model(site))
 
-    def _mode(self, name, fn):
-        if self.discrete == "enumerate" and not fn.has_enumerate_support:
-            return "score"
-        return self.discrete
+    def _set_params(self, name, site, params: dict) -> None:
+        for key, (init, constraint, event_dim) in params.items():
+            init = storage.full_size(init, site, event_dim)
+            storage.set_param(self, self._token, name, key, init, constraint, event_dim)
 
-    def _param_names(self, name, site) -> tuple[str, ...]:
-        fn = site["fn"]
-        if not fn.support.is_discrete:
-            return self.PARAM_NAMES[self.families.get(name, "normal")]
-        return self.PARAM_NAMES["log_rate" if isinstance(_base(fn), dist.Poisson) else "logits"]
-
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Sample every latent site of the model (same ``*args, **kwargs`` as the model)."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        return {
-            name: pyro.sample(name, q, infer=infer)
-            for name, _site, q, infer in self._site_distributions(args, kwargs)
-        }
+        return self._draw(args, kwargs)
 
-    def _site_distributions(self, args, kwargs):
-        """Yield ``(name, site, q, infer)`` per latent site, inside the site's plates."""
+    def _draw(self, args, kwargs, skip=frozenset()) -> dict[str, torch.Tensor]:
+        """Sample the sites but ``skip``; those that read the model come last, when the values
+        they may depend on are known."""
+        storage.reclaim(self, self._token)
         plates = self._create_plates(*args, **kwargs)
-        for name, site in self._sites().items():
-            with ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        stack.enter_context(plates[frame.name])
-                params = self._site_params(name, site, plates, args, kwargs)
-                q, infer = self._q(name, site, params)
-                yield name, site, q, infer
-
-    def _subsample(self, value, site, plates, event_dim):
-        for frame in site["cond_indep_stack"]:
-            full = frame.full_size or frame.size
-            if frame.vectorized and full != plates[frame.name].subsample_size:
-                dim = frame.dim - event_dim
-                value = value.index_select(dim, plates[frame.name].indices)
-        return value
-
-    def _param_event_dim(self, name, site, key) -> int:
-        """Number of trailing dims of parameter ``key`` beyond the site's batch shape."""
-        fn = site["fn"]
-        event_dim = len(fn.event_shape)
-        if fn.support.is_discrete:
-            categorical = isinstance(_base(fn), (dist.Categorical, dist.OneHotCategorical))
-            return event_dim + int(categorical)
-        if self.families.get(name, "normal") == "kumaraswamy":
-            return event_dim
-        return biject_to(fn.support).codomain.event_dim
-
-    def _site_params(self, name, site, plates, args, kwargs) -> dict[str, torch.Tensor]:
-        """The site's parameters for the current (sub)batch: encoder outputs or global params."""
-        keys = self._param_names(name, site)
-        if name in self.encoders:
-            net = pyro.module(f"{self._pyro_name}.encoders.{name}", self.encoders[name])
-            out = net(*args, **kwargs)
-            if isinstance(out, torch.Tensor):
-                out = (out,)
-            if not isinstance(out, Mapping):
-                out = tuple(out)
-                if len(out) != len(keys):
-                    raise ValueError(
-                        f"AutoReparamGuide: encoders[{name!r}] returned {len(out)} tensor(s); "
-                        f"site {name!r} needs {keys} (a tuple in this order, or a dict)"
-                    )
-                out = dict(zip(keys, out, strict=True))
-            missing = set(keys) - set(out)
-            if missing:
-                raise ValueError(
-                    f"AutoReparamGuide: encoders[{name!r}] returned keys {sorted(out)}; "
-                    f"site {name!r} needs {keys}"
-                )
-            return {k: out[k] for k in keys}
-        return {
-            k: self._subsample(
-                pyro.param(f"{self._pyro_name}.{name}.{k}"),
-                site,
-                plates,
-                self._param_event_dim(name, site, k),
+        u = {}
+        if self._joint is not None:
+            latent = pyro.sample(
+                f"_{self._pyro_name}_latent",
+                self._joint.posterior(),
+                infer={"is_auxiliary": True},
             )
-            for k in keys
-        }
+            u = self._joint.unpack(latent)
+        values, later = {}, []
+        for name, plan in self._sites.items():
+            if name in skip:
+                continue
+            if plan.reads_model:
+                later.append(name)
+                continue
+            fn = self.prototype_trace.nodes[name]["fn"]
+            values[name] = self._sample(name, plan, fn, None, plates, args, kwargs, u)
+        for name in later:
+            model = self._require_model(f"site {name!r}, which reads the model at each call,")
+            fn, mask = calls.model_site(model, name, values, plates, args, kwargs)
+            values[name] = self._sample(name, self._sites[name], fn, mask, plates, args, kwargs, u)
+        return {name: values[name] for name in self._sites if name in values}
 
-    def _q(self, name, site, params):
-        fn = site["fn"]
-        event_dim = len(fn.event_shape)
-        if fn.support.is_discrete:
-            return self._q_discrete(name, site, params)
-        family = self.families.get(name, "normal")
-        if family == "kumaraswamy":
-            return Kumaraswamy(params["a"], params["b"]).to_event(event_dim), {}
-        transform = biject_to(fn.support)
-        loc = params["loc"]
-        if family == "delta":
-            return dist.Delta(transform(loc), event_dim=event_dim), {}
-        u_event = transform.codomain.event_dim
-        base = _LOCATION_SCALE[family](loc, params["scale"]).to_event(u_event)
-        if _is_real(fn.support):
-            return base, {}
-        return dist.TransformedDistribution(base, transform.with_cache()), {}
+    def _sample(self, name, plan, fn, mask, plates, args, kwargs, u):
+        site = self.prototype_trace.nodes[name]
+        with ExitStack() as stack:
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    stack.enter_context(plates[frame.name])
+            if plan.kind == "joint":
+                masked = poutine.get_mask() is False
+                q, infer = point_mass(bijection(site), u[name], site["fn"].event_dim, masked), {}
+            elif plan.kind == "discrete":
+                params = self._params(name, plan, site, args, kwargs)
+                q, infer = discrete.distribution(fn, params, plan.family, self._temperature)
+            else:
+                params = self._params(name, plan, site, args, kwargs)
+                q = continuous.distribution(
+                    plan.family, site, bijection(site), plan.event_dim, params
+                )
+                infer = {}
+            if mask is not None:
+                q = q.mask(mask)
+            return pyro.sample(name, q, infer=infer)
 
-    def _q_discrete(self, name, site, params):
-        fn = _base(site["fn"])
-        event_dim = len(site["fn"].event_shape)
-        mode = self._mode(name, fn)
-        infer = {"enumerate": "parallel"} if mode == "enumerate" else {"estimator": mode}
-        if isinstance(fn, dist.Poisson):
-            return dist.Poisson(params["log_rate"].exp()).to_event(event_dim), infer
-        logits = params["logits"]
-        t = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
-        if isinstance(fn, dist.Bernoulli):
-            if mode == "relaxed":
-                q = dist.RelaxedBernoulliStraightThrough(t, logits=logits)
-                return q.to_event(event_dim), {}
-            return dist.Bernoulli(logits=logits).to_event(event_dim), infer
-        if isinstance(fn, dist.OneHotCategorical):
-            if mode == "relaxed":
-                q = dist.RelaxedOneHotCategoricalStraightThrough(t, logits=logits)
-                return q.to_event(event_dim - 1), {}
-            return dist.OneHotCategorical(logits=logits).to_event(event_dim - 1), infer
-        if isinstance(fn, dist.Categorical):
-            return dist.Categorical(logits=logits).to_event(event_dim), infer
-        if isinstance(fn, dist.Binomial):
-            return dist.Binomial(fn.total_count, logits=logits).to_event(event_dim), infer
-        return dist.Geometric(logits=logits).to_event(event_dim), infer
+    def _params(self, name, plan, site, args, kwargs) -> dict[str, torch.Tensor]:
+        """The site's parameters: its ``PyroParam``\\ s (subsampled inside the site's plates) or
+        its encoder's outputs for this call."""
+        if plan.kind == "discrete":
+            keys = discrete.param_names(site["fn"])
+        else:
+            keys = continuous.PARAMS[plan.family]
+        if name in self._encoded:
+            return calls.encoder_params(self.encoders, name, keys, args, kwargs)
+        return {key: attrgetter(f"{name}.{key}")(self) for key in keys}
+
+    def _require_model(self, what: str) -> Callable:
+        if self._raw_model is None:
+            raise ValueError(
+                f"AutoReparamGuide: {what} needs the model, and this guide was unpickled without "
+                "it (Pyro's autoguides do not pickle their model); call "
+                "guide.attach_model(model) first"
+            )
+        return self._raw_model[0]
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """The guide's median of each latent site.
-
-        Continuous sites: ``T(loc)`` for the location-scale families and Delta (``T`` is the
-        bijection to the site's support, monotone elementwise, so medians map to medians);
-        ``(1 - 2^{-1/b})^{1/a}`` for Kumaraswamy. Bernoulli sites: ``1[logits > 0]``. Sites
-        whose median is not defined (Categorical, Poisson, ...) are left out. Amortized sites
-        need the model's arguments.
-        """
-        return self._summaries(summaries.median, args, kwargs)
+        """The guide's median of each latent site (see :mod:`~pyro_reparam.guides.summaries`):
+        ``T(loc)`` for the normal-type families, the point of a Delta, the Kumaraswamy median,
+        ``1[logits > 0]`` for Bernoulli sites; other discrete sites are left out. Amortized
+        sites need the model's arguments."""
+        return self._summarize(args, kwargs, None)
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Quantiles of each continuous site with an elementwise support, shape ``(len(q),) +
-        site shape``: ``T(loc + scale * F^{-1}(q))`` with ``F`` the standard base family,
-        ``F^{-1}(q)`` itself for Kumaraswamy. Discrete sites are left out.
-        """
-        qs = torch.as_tensor(quantiles, dtype=torch.get_default_dtype())
-        if qs.dim() != 1 or not ((qs > 0) & (qs < 1)).all():
-            raise ValueError(
-                f"AutoReparamGuide.quantiles: quantiles must be a list of numbers in (0, 1), "
-                f"got {quantiles!r}"
-            )
-        return self._summaries(lambda q, fam: summaries.quantiles(q, fam, qs), args, kwargs)
+        """Quantiles of each continuous site, shape ``(len(quantiles),) + site shape``:
+        ``T(loc + scale * F^{-1}(q))`` (exact for elementwise supports; for simplex, ordered or
+        matrix supports the images of the unconstrained quantiles, as ``AutoNormal``)."""
+        return self._summarize(args, kwargs, summaries.check_levels(quantiles))
 
-    def _summaries(self, fn, args, kwargs):
+    def _summarize(self, args, kwargs, levels) -> dict[str, torch.Tensor]:
+        """Each site's median (``levels`` None) or quantiles, from the values the store holds
+        for this guide (as ``forward`` reads them)."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        if self.encoders and not (args or kwargs):
+        if self._encoded and not (args or kwargs):
             raise ValueError(
-                f"AutoReparamGuide: sites {sorted(self.encoders)} are amortized; pass the "
+                f"AutoReparamGuide: sites {sorted(self._encoded)} are amortized; pass the "
                 "model's arguments to median()/quantiles()"
             )
         out = {}
-        for name, site, q, _infer in self._site_distributions(args, kwargs):
-            family = (
-                "discrete" if site["fn"].support.is_discrete else self.families.get(name, "normal")
-            )
-            value = fn(q, family)
-            if value is not None:
-                out[name] = value
+        with self._pyro_context:
+            storage.reclaim(self, self._token)
+            joint = {}
+            if self._joint is not None:
+                scales = self._joint.unpack(self._joint.marginal_scale())
+                joint = {
+                    n: {"loc": u, "scale": scales[n]}
+                    for n, u in self._joint.unpack(self._joint.loc).items()
+                }
+            for name, plan in self._sites.items():
+                site = self.prototype_trace.nodes[name]
+                if plan.kind == "discrete":
+                    params = self._params(name, plan, site, args, kwargs)
+                    value = discrete.median(site["fn"], params) if levels is None else None
+                else:
+                    params = joint.get(name) or self._params(name, plan, site, args, kwargs)
+                    value = summaries.summary(plan.family, bijection(site), params, levels)
+                if value is not None:
+                    out[name] = value.detach().clone()
         return out
 
+    @torch.no_grad()
+    def discrete_posterior(self, *args, num_samples: int = 64, **kwargs) -> dict[str, torch.Tensor]:
+        """``p(z = v_k | x)`` for each enumerable discrete site ``z``, shape ``batch_shape +
+        (K,)`` over its support in ``enumerate_support`` order (Bernoulli: ``[P(0), P(1)]``).
 
-_LOCATION_SCALE = {
-    "normal": dist.Normal,
-    "laplace": dist.Laplace,
-    "studentt": lambda loc, scale: dist.StudentT(4.0, loc, scale),
-}
+        The model is enumerated at those sites given the guide's draws ``theta`` of the other
+        sites (``TraceEnum_ELBO.compute_marginals``, the marginals behind Pyro's
+        ``infer_discrete``), so ``p(z | x, theta)`` is exact; the result averages it over
+        ``num_samples`` draws, ``E_q(theta) p(z | x, theta)`` (one draw suffices when the other
+        sites are point masses).
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        nodes = self.prototype_trace.nodes
+        names = [
+            n
+            for n, plan in self._sites.items()
+            if plan.kind == "discrete" and discrete.unwrap(nodes[n]["fn"]).has_enumerate_support
+        ]
+        if not names:
+            raise ValueError(
+                "AutoReparamGuide.discrete_posterior: the model has no enumerable discrete site "
+                "(Bernoulli, Categorical, OneHotCategorical, Binomial)"
+            )
+        model = self._require_model("discrete_posterior")
 
-_DISCRETE = (
-    dist.Bernoulli,
-    dist.Categorical,
-    dist.OneHotCategorical,
-    dist.Poisson,
-    dist.Binomial,
-    dist.Geometric,
-)
+        def others(*a, **k):
+            with self._pyro_context:
+                return self._draw(a, k, skip=frozenset(names))
+
+        return discrete.posterior(model, others, names, num_samples, args, kwargs)
 
 
-def _base(fn):
-    """The family under Independent / expand / mask wrappers (whose parameters we learn)."""
-    while isinstance(fn, (dist.Independent, dist.MaskedDistribution, ExpandedDistribution)):
-        fn = fn.base_dist
-    return fn
-
-
-def _is_real(support) -> bool:
-    """True for ``real`` and ``independent(real, n)``: no bijection is needed."""
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
+def _check_options(families, kind, rank, mode, init_scale, encoders) -> None:
+    if mode not in discrete.MODES:
+        raise ValueError(
+            f"AutoReparamGuide: discrete must be one of {discrete.MODES}, got {mode!r}"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"AutoReparamGuide: continuous must be one of {KINDS}, got {kind!r}")
+    if rank is not None and (kind != "lowrank" or not isinstance(rank, int) or rank < 1):
+        raise ValueError(
+            f"AutoReparamGuide: rank={rank!r} needs continuous='lowrank' and a positive integer"
+        )
+    for site, fam in (families or {}).items():
+        if fam not in continuous.FAMILIES:
+            raise ValueError(
+                f"AutoReparamGuide: families[{site!r}]={fam!r}; choose one of "
+                f"{', '.join(continuous.FAMILIES)}"
+            )
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or init_scale <= 0:
+        raise ValueError(f"AutoReparamGuide: init_scale must be a number > 0, got {init_scale!r}")
+    for site, net in (encoders or {}).items():
+        if not isinstance(net, nn.Module):
+            raise TypeError(
+                f"AutoReparamGuide: encoders[{site!r}] must be a torch.nn.Module mapping the "
+                f"model's arguments to the site's parameters, got {type(net).__name__}"
+            )

@@ -1,63 +1,56 @@
-"""Posterior summaries of a guide's per-site distributions: medians and quantiles.
+"""Posterior summaries of one site's guide family: medians and quantiles.
 
-Each guide distribution is ``base`` (a location-scale family, Kumaraswamy, Delta or a
-discrete family) possibly pushed through one bijection to the site's support; a quantile of a
-monotone transform is the transform of the quantile, so ``q_p(z) = T(loc + scale * F^{-1}(p))``.
+A location-scale site is ``z = T(u)``, ``u = loc + scale * eps``, ``eps ~ F``; its summaries are
+``T(loc)`` and ``T(loc + scale * F^{-1}(p))``, exactly the median and quantiles when ``T`` is
+elementwise and increasing (``real``, ``positive``, ``unit_interval``, ``independent`` of those),
+and for other supports (simplex, ordered, correlation and positive-definite matrices) the images
+of the unconstrained ones, as Pyro's ``AutoNormal`` reports them. Quantiles have shape
+``(len(p),) + site shape``.
 """
 
 from __future__ import annotations
 
-import pyro.distributions as dist
 import torch
+from torch.distributions.transforms import Transform
 
-from pyro_reparam.distributions import Kumaraswamy
-
-
-def strip(q):
-    """(base distribution, transform or None) of a guide distribution."""
-    transform = None
-    if isinstance(q, dist.TransformedDistribution):
-        (transform,) = q.transforms
-        q = q.base_dist
-    while isinstance(q, dist.Independent):
-        q = q.base_dist
-    return q, transform
+from pyro_reparam.guides import continuous
 
 
-def median(q, family):
-    base, transform = strip(q)
-    if family == "discrete":
-        if isinstance(base, dist.Bernoulli):
-            return (base.logits > 0).to(base.logits.dtype)
-        return None
-    if isinstance(base, Kumaraswamy):
-        return (1 - 0.5 ** base.b.reciprocal()) ** base.a.reciprocal()
-    if isinstance(base, dist.Delta):
-        return base.v.clone()
-    return base.loc.clone() if transform is None else transform(base.loc)
+def median(family: str, transform: Transform, params: dict) -> torch.Tensor:
+    """Kumaraswamy(a, b): ``(1 - 2^{-1/b})^{1/a}``; point mass and location-scale: ``T(loc)``."""
+    if family == "kumaraswamy":
+        return (1 - 0.5 ** params["b"].reciprocal()) ** params["a"].reciprocal()
+    return transform(params["loc"])
 
 
-def quantiles(q, family, qs):
-    base, transform = strip(q)
-    if family in ("discrete", "delta"):
-        return None
-    if transform is not None and transform.codomain.event_dim > 0:
-        return None
-    if isinstance(base, Kumaraswamy):
-        qs = qs.to(base.a).reshape((-1,) + (1,) * base.a.dim())
-        return (1 - (1 - qs) ** base.b.reciprocal()) ** base.a.reciprocal()
-    qs = qs.to(base.loc).reshape((-1,) + (1,) * base.loc.dim())
-    standard = {
-        "normal": lambda p: dist.Normal(0.0, 1.0).icdf(p),
-        "laplace": lambda p: -torch.sign(p - 0.5) * torch.log1p(-2 * (p - 0.5).abs()),
-        "studentt": lambda p: _student_t4_icdf(p),
-    }[family](qs)
-    u = base.loc + base.scale * standard
-    return u if transform is None else transform(u)
+def quantiles(family: str, transform: Transform, params: dict, p: torch.Tensor) -> torch.Tensor:
+    """Kumaraswamy: ``(1 - (1 - p)^{1/b})^{1/a}``; point mass: its value at every level."""
+    if family == "kumaraswamy":
+        a, b = params["a"], params["b"]
+        p = p.to(a).reshape((-1,) + (1,) * a.dim())
+        return (1 - (1 - p) ** b.reciprocal()) ** a.reciprocal()
+    loc = params["loc"]
+    p = p.to(loc).reshape((-1,) + (1,) * loc.dim())
+    if family == "delta":
+        value = transform(loc)
+        return value.expand((len(p), *value.shape)).clone()
+    return transform(loc + params["scale"] * continuous.standard_icdf(family, p))
 
 
-def _student_t4_icdf(p):
-    """Closed-form inverse CDF of Student's t with 4 degrees of freedom."""
-    a = 4 * p * (1 - p)
-    s = torch.sqrt(a)
-    return torch.sign(p - 0.5) * 2 * torch.sqrt(torch.cos(torch.arccos(s) / 3) / s - 1)
+def summary(family: str, transform: Transform, params: dict, levels) -> torch.Tensor:
+    """The median (``levels`` None) or the quantiles at ``levels``. A site of a joint Gaussian
+    is summarized as ``normal`` with its marginal ``scale``."""
+    if levels is None:
+        return median(family, transform, params)
+    return quantiles(family, transform, params, levels)
+
+
+def check_levels(quantiles) -> torch.Tensor:
+    """The requested levels as a 1-d tensor, each in (0, 1)."""
+    levels = torch.as_tensor(quantiles, dtype=torch.get_default_dtype())
+    if levels.dim() != 1 or not ((levels > 0) & (levels < 1)).all():
+        raise ValueError(
+            f"AutoReparamGuide.quantiles: quantiles must be a list of numbers in (0, 1), "
+            f"got {quantiles!r}"
+        )
+    return levels
