@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +19,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO, TraceGraph_E
 from pyro.infer.autoguide import (
     AutoDiscreteParallel,
     AutoGuideList,
+    AutoMultivariateNormal,
     AutoNormal,
     init_to_feasible,
     init_to_mean,
@@ -90,6 +92,31 @@ def test_pickled_guide_survives_a_cleared_store(cls):
     assert draws["w"].shape[0] == 3 and draws["w"].shape[-1] == 2
     _fit(loaded, 2, x, y)  # and it trains on
     assert not torch.equal(loaded.median()["w"], expected["w"])
+
+
+@both
+def test_jit_traced_guide_round_trips(cls):
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        with pyro.plate("plate", 2):
+            pyro.sample("y", dist.LogNormal(0.0, 1.0))
+            pyro.sample("z", dist.Beta(2.0, 2.0))
+
+    guide = cls(model)
+    guide()
+    pyro.set_rng_seed(0)
+    expected = guide.call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(guide, {"call": ()}, check_trace=False)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf)
+    pyro.set_rng_seed(0)
+    actual = loaded.call()
+    assert all(torch.allclose(a, e) for a, e in zip(actual, expected, strict=True))
+    assert {n for n, _ in loaded.named_parameters()} == {n for n, _ in guide.named_parameters()}
 
 
 @both
@@ -174,6 +201,22 @@ def test_part_of_an_auto_guide_list(cls, elbo):
     assert set(guide.median()) == {"w", "s"}
     assert guide.quantiles([0.1, 0.9])["w"].shape == (2, 2)
     assert all(n.startswith(("0.", "1.")) for n, _ in guide.named_parameters())
+
+
+@both
+def test_next_to_a_callable_guide(cls):
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.MultivariateNormal(torch.zeros(5), torch.eye(5)))
+
+    def guide_x():
+        x = pyro.sample("x", dist.Delta(pyro.param("x_loc", torch.tensor(0.0))))
+        return {"x": x}
+
+    guide = AutoGuideList(model)
+    guide.append(guide_x)
+    guide.append(cls(poutine.block(model, expose=["y"])))
+    assert set(guide()) == {"x", "y"}
 
 
 @both
@@ -408,12 +451,46 @@ def test_constrained_log_density_equals_auto_normals(kind):
     assert torch.allclose(actual, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", CONSTRAINED)
+def test_joint_log_density_equals_auto_multivariate_normals(kind):
+    """Same loc and Cholesky factor: continuous="fullrank" scores a constrained site as Pyro's
+    AutoMultivariateNormal does, log N(u; loc, L L^T) + log|det du/dz|."""
+    if kind == "wishart":
+        pytest.skip("AutoMultivariateNormal cannot guide a Wishart site")
+    model = _site_model(kind)
+    ours, theirs = pr.AutoReparamGuide(model, continuous="fullrank"), AutoMultivariateNormal(model)
+    ours(), theirs()
+    size = theirs.loc.numel()
+    g = torch.Generator().manual_seed(2)
+    values = {
+        "loc": torch.randn(size, generator=g),
+        "scale": 0.3 + torch.rand(size, generator=g),
+        "scale_tril": torch.eye(size) + 0.3 * torch.randn(size, size, generator=g).tril(-1),
+    }
+    store = pyro.get_param_store()
+    for key, value in values.items():
+        store[f"AutoReparamGuide._joint.{key}"] = value
+        if key == "loc":  # a plain nn.Parameter of AutoMultivariateNormal, not a PyroParam
+            theirs.loc.data.copy_(value)
+        else:
+            store[f"AutoMultivariateNormal.{key}"] = value
+    tr = poutine.trace(theirs).get_trace()
+    latent = tr.nodes["_AutoMultivariateNormal_latent"]["value"]
+    ours_tr = poutine.trace(
+        poutine.condition(ours, {"_AutoReparamGuide_latent": latent})
+    ).get_trace()
+    assert torch.allclose(ours_tr.nodes["z"]["value"], tr.nodes["z"]["value"])
+    assert ours_tr.log_prob_sum().item() == pytest.approx(tr.log_prob_sum().item(), abs=1e-4)
+
+
 REPRO = textwrap.dedent(
     """
     import json, sys, torch, pyro, pyro.distributions as dist
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal
     import pyro_reparam as pr
+
+    torch.set_num_threads(1)
 
     def model(x, y):
         w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -449,6 +526,7 @@ def two_processes():
 
 
 @both
+@pytest.mark.xdist_group("two_processes")  # one worker starts the two processes once
 def test_seeded_losses_are_identical_across_processes(cls, two_processes):
     first, second = (run[cls.__name__] for run in two_processes)
     assert first == second and len(first) == 15
