@@ -114,14 +114,14 @@ def test_the_elbo_state_is_saved_once_and_restored_before_the_first_step(tmp_pat
     state loaded into a fresh ELBO waits for the site's first step."""
     _fit("plugin, the ELBO registers the net", 0, 1, tmp_path)
     state = load(tmp_path / "checkpoint.pt")
-    assert sorted(state["elbo"]) == [
+    assert sorted(state["ranks"][0]["elbo"]) == [
         "z.net.0.bias", "z.net.0.weight", "z.net.2.bias", "z.net.2.weight",
     ]  # fmt: skip
     assert all("baseline" not in k for k in state["params"])
     assert any("_pyro_reparam.baseline.z" in k for k in state["optim"])  # Adam's moments
     elbo = pr.ScoreFunctionELBO()
-    elbo.load_state_dict(state["elbo"])
-    assert elbo.state_dict().keys() == state["elbo"].keys()  # pending, still saved
+    elbo.load_state_dict(state["ranks"][0]["elbo"])
+    assert elbo.state_dict().keys() == state["ranks"][0]["elbo"].keys()  # pending, still saved
     assert elbo.baseline_for("z") == "decaying"  # not made yet: the configured default
 
 

@@ -1,12 +1,10 @@
-"""pr.fit: determinism, exact resume after SIGKILL, NaN faults, safe checkpoints, bad input,
-and data-parallel training under torchrun."""
+"""pr.fit: determinism, exact resume after SIGKILL, NaN faults, safe checkpoints."""
 
 import math
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -18,10 +16,10 @@ from pyro.infer.autoguide import AutoNormal
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_reparam as pr
-from pyro_reparam.train.checkpoint import CheckpointError, load
+from pyro_reparam.train.checkpoint import CheckpointError, load, save
 
 SCRIPT = Path(__file__).with_name("train_script.py")
-ENV = {**os.environ, "PYTHONPATH": str(SCRIPT.parent)}
+ENV = dict(os.environ)
 
 
 def model(x, y):
@@ -51,11 +49,15 @@ def test_same_seed_same_history_bit_for_bit_and_each_step_is_svi_step():
     assert all(torch.equal(p1[k], p2[k]) for k in p1)
     h3, _ = _run(epochs=3, batch_size=16, seed=4)
     assert h3.train_elbo != h1.train_elbo
-    # the same run by hand with pyro.infer.SVI and the documented epoch permutations
+    # the same run by hand with pyro.infer.SVI and the documented epoch permutations: fit
+    # seeds, creates the parameters (one run of guide and model), and seeds again
     pyro.clear_param_store()
     x, y = _data()
     guide = AutoNormal(model)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        pyro.poutine.replay(model, trace=pyro.poutine.trace(guide).get_trace(x, y))(x, y)
     pyro.set_rng_seed(3)
     for epoch in range(3):
         perm = torch.randperm(64, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
@@ -116,14 +118,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
         text=True,
     )
     for line in proc.stdout:
-        if line.startswith("epoch 2 done"):
+        if line.startswith("epoch 3 done"):  # callbacks run before the epoch's checkpoint
             break
-    time.sleep(0.35)  # the callback sleeps 0.3 s, then epoch 3 trains
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     state = load(killed / "ckpt" / "checkpoint.pt")
-    assert 2 <= state["epoch"] < 6  # a run cut short, with a good checkpoint
+    assert state["epoch"] == 2  # epoch 3 trained, killed before its checkpoint
     subprocess.run(
         [sys.executable, str(SCRIPT), str(killed), "--resume"], check=True, env=ENV, timeout=120
     )
@@ -156,9 +157,10 @@ def _nan_model(k):
 @pytest.mark.parametrize("validation", [True, False])
 def test_nan_stops_at_the_step_names_the_site_and_keeps_the_checkpoint(tmp_path, validation):
     pyro.enable_validation(validation)
-    # 4 steps per epoch; fit runs the model once to see whether it scales its likelihood and
-    # the guide traces it once to set up: NaN from epoch 2, step 3
-    nan_model = _nan_model(k=2 + 4 + 3)
+    # 4 steps per epoch; fit runs the model once to see whether it scales its likelihood, and
+    # guide and model once to create the parameters (the guide traces it once to set up):
+    # NaN from epoch 2, step 3
+    nan_model = _nan_model(k=3 + 4 + 3)
     with pytest.raises(pr.TrainingError) as info:
         pr.fit(
             nan_model, AutoNormal(nan_model), _data(), elbo=Trace_ELBO(), epochs=3,
@@ -180,13 +182,15 @@ class _Evil:
 
 
 def test_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
+    """A crafted payload with a valid header and hash: torch's weights_only unpickler refuses
+    it, and the error names the global it asked for."""
     marker = tmp_path / "pwned"
-    torch.save({"format": "pyro-reparam-checkpoint", "payload": _Evil(marker)},
-               tmp_path / "checkpoint.pt")  # fmt: skip
-    with pytest.raises(CheckpointError, match="refused without running it"):
+    save(tmp_path / "checkpoint.pt", {"payload": _Evil(marker)})
+    with pytest.raises(CheckpointError, match="refused without running it") as info:
         pr.fit(model, AutoNormal(model), _data(), elbo=Trace_ELBO(), checkpoint_dir=tmp_path,
                resume=True, progress=False)  # fmt: skip
     assert not marker.exists()
+    assert "the global posix.system" in str(info.value) and "\n" not in str(info.value)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint.pt")  # a foreign file
     with pytest.raises(CheckpointError, match="not a pyro-reparam checkpoint"):
         load(tmp_path / "checkpoint.pt")
@@ -203,69 +207,6 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="another model"):
         pr.fit(other, AutoNormal(other), _data(), elbo=Trace_ELBO(), checkpoint_dir=tmp_path,
                resume=True, progress=False)  # fmt: skip
-
-
-X, Y = _data()
-BAD_INPUTS = [
-    ({"data": (X, Y[:10])}, ValueError, "different numbers of rows"),
-    ({"data": (X[:0], Y[:0])}, ValueError, "data is empty"),
-    ({"data": (X * float("nan"), Y)}, ValueError, r"data\[0\] contains NaN"),
-    ({"data": (X, Y / 0.0)}, ValueError, r"data\[1\] contains NaN or inf"),
-    ({"data": [[1.0, 2.0]]}, TypeError, "data must be a tensor"),
-    ({"data": "data.csv"}, TypeError, "data must be a tensor"),
-    ({"data": torch.tensor(1.0)}, ValueError, "is a scalar"),
-    ({"epochs": 0}, ValueError, "epochs must be a positive integer"),
-    ({"epochs": 2.5}, ValueError, "epochs must be a positive integer"),
-    ({"batch_size": -1}, ValueError, "batch_size must be a positive integer"),
-    ({"device": "gpu"}, ValueError, "device='gpu' is not a device"),
-    ({"optim": torch.optim.Adam}, TypeError, "optim must be a Pyro optimizer"),
-    ({"elbo": "trace"}, TypeError, "elbo must be a pyro.infer.ELBO"),
-    ({"resume": True}, ValueError, "resume=True needs checkpoint_dir"),
-    ({"clip_norm": 0.0}, ValueError, "clip_norm must be > 0"),
-    ({"callbacks": [42]}, TypeError, "callbacks must be callables"),
-    ({"val_data": X}, ValueError, "val_data has 1 tensor"),
-    ({"val_data": (X[:3] * float("inf"), Y[:3])}, ValueError, r"val_data\[0\] contains NaN"),
-    ({"distributed": True}, ValueError, "not started by torchrun"),
-    ({"model": None}, TypeError, "model and guide must be callables"),
-    ({"jit": True, "elbo": pr.ScoreFunctionELBO()}, ValueError, "jit=True compiles"),
-    ({"epoch": 3}, TypeError, "unexpected keyword argument 'epoch'"),
-]
-if not torch.cuda.is_available():
-    BAD_INPUTS.append(({"device": "cuda"}, ValueError, "no CUDA device is available"))
-
-
-@pytest.mark.parametrize(("change", "error", "match"), BAD_INPUTS)
-def test_bad_input_gives_a_one_line_error_naming_the_argument(change, error, match):
-    kwargs = {"data": (X, Y), "elbo": Trace_ELBO(), "progress": False, **change}
-    m = kwargs.pop("model", model)
-    data = kwargs.pop("data")
-    with pytest.raises(error, match=match) as info:
-        pr.fit(m, AutoNormal(model), data, **kwargs)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.slow
-def test_torchrun_two_ranks_match_a_single_process(tmp_path):
-    """gloo, CPU: each rank takes half of every global batch; gradients are averaged."""
-    single = tmp_path / "single"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), str(single), "--distributed", "--epochs", "3"],
-        check=True, env={**ENV, "RANK": "0", "WORLD_SIZE": "1"}, timeout=120,
-    )  # fmt: skip
-    multi = tmp_path / "multi"
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run(
-        [*run, str(SCRIPT), str(multi), "--distributed", "--epochs", "3"],
-        check=True, env=ENV, timeout=180, capture_output=True,
-    )  # fmt: skip
-    r0 = torch.load(multi / "final0.pt", weights_only=True)
-    r1 = torch.load(multi / "final1.pt", weights_only=True)
-    one = torch.load(single / "final0.pt", weights_only=True)
-    for k in one["params"]:
-        assert torch.equal(r0["params"][k], r1["params"][k]), k  # ranks stay identical
-        assert torch.allclose(r0["params"][k], one["params"][k], rtol=1e-5, atol=1e-6), k
-    assert r0["elbo"] == pytest.approx(one["elbo"], rel=1e-5)
-    assert (multi / "ckpt" / "checkpoint.pt").exists()
 
 
 @pytest.mark.cuda

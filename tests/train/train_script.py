@@ -1,8 +1,8 @@
-"""A small training run for the subprocess tests of ``pr.fit`` (SIGKILL/resume, torchrun).
+"""A small training run for the subprocess tests of ``pr.fit`` (SIGKILL/resume, seeding).
 
-    python tests/train_script.py OUT_DIR [--resume] [--epochs E] [--distributed] [--slow]
+    python tests/train/train_script.py OUT_DIR [--resume] [--epochs E] [--slow]
 
-Writes OUT_DIR/final<rank>.pt with the param store's values, the ELBO's state and the history's
+Writes OUT_DIR/final0.pt with the param store's values, the ELBO's state and the history's
 ELBOs.
 """
 
@@ -15,10 +15,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoDelta
 
 import pyro_reparam as pr
-from pyro_reparam.train.checkpoint import snapshot
+from pyro_reparam.train.state import elbo_state
 
 N = 400
 
@@ -38,31 +37,21 @@ def mixed_model(x, y):
         pyro.sample("y", dist.Normal(x @ w + switch, 0.3), obs=y)
 
 
-def map_model(x, y):
-    w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
-    with pyro.plate("data", x.shape[0]), poutine.scale(scale=N / x.shape[0]):
-        pyro.sample("y", dist.Normal(x @ w, 0.3), obs=y)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--distributed", action="store_true")
     p.add_argument("--slow", action="store_true", help="sleep per epoch so a kill lands mid-run")
+    p.add_argument("--scramble", type=int, help="draw from the global RNG seeded so, first")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    if args.distributed:
-        model = map_model
-        guide = AutoDelta(model)
-        elbo = pyro.infer.Trace_ELBO()
-        batch = 40
-    else:
-        model = mixed_model
-        guide = pr.AutoReparamGuide(model)
-        elbo = pr.ScoreFunctionELBO(num_particles=1, baseline="decaying")
-        batch = 10
+    if args.scramble is not None:
+        torch.manual_seed(args.scramble)
+        torch.rand(args.scramble)
+    model = mixed_model
+    guide = pr.AutoReparamGuide(model)
+    elbo = pr.ScoreFunctionELBO(num_particles=1, baseline="decaying")
 
     def report(epoch, record):
         print(f"epoch {epoch} done", flush=True)
@@ -76,7 +65,7 @@ def main(argv=None):
         elbo=elbo,
         optim=pyro.optim.Adam({"lr": 0.01}),
         epochs=args.epochs,
-        batch_size=batch,
+        batch_size=10,
         seed=7,
         checkpoint_dir=args.out / "ckpt",
         resume=args.resume,
@@ -84,11 +73,10 @@ def main(argv=None):
         callbacks=[report],
         log=lambda msg: print(msg, file=sys.stderr),
     )
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    params, elbo_state = snapshot(elbo)
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     torch.save(
-        {"params": params, "elbo_state": elbo_state, "elbo": history.train_elbo},
-        args.out / f"final{rank}.pt",
+        {"params": params, "elbo_state": elbo_state(elbo), "elbo": history.train_elbo},
+        args.out / "final0.pt",
     )
 
 

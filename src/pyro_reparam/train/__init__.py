@@ -1,4 +1,5 @@
-"""Training: the SVI loop, its batches, distributed data parallel and checkpoints."""
+"""Training: the SVI loop, its batches, data parallel under torchrun, and checkpoints that
+resume exactly and are never written bad."""
 
 from pyro_reparam.train.checkpoint import CheckpointError
 from pyro_reparam.train.faults import TrainingError

@@ -3,14 +3,21 @@ checked on the way in, shuffled reproducibly per ``(seed, epoch)``, moved to the
 
 A data set of tensors or a ``Dataset`` is shuffled each epoch with a permutation drawn from a
 generator seeded by ``seed * 1_000_003 + epoch``, so a run can resume mid-epoch exactly; under
-distributed data parallel each of ``W`` ranks takes every ``W``-th row of each global batch.
-A ``DataLoader`` is used as given.
+distributed data parallel each of ``W`` ranks takes every ``W``-th row of each global batch
+(the last batch must have at least ``W`` rows).
+
+A ``DataLoader`` is used as given (under torchrun it needs a ``DistributedSampler``, whose
+``set_epoch`` is called each epoch). Its shuffling draws from torch's global RNG when the
+epoch's iterator is made; a run resumed mid-epoch remakes it from the RNG state of the epoch's
+start, which the checkpoint keeps, so the epoch sees the same order.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from pyro_reparam.train.rng import rng_state, set_rng_state
 
 
 class Batches:
@@ -26,6 +33,11 @@ class Batches:
             self.batch_size = self.loader.batch_size or 1
             sample = next(iter(self.loader))
             self.arity = len(sample) if isinstance(sample, (tuple, list)) else 1
+            if dist_ctx is not None and not hasattr(self.loader.sampler, "num_replicas"):
+                raise ValueError(
+                    f"fit: under torchrun a DataLoader {arg} needs a DistributedSampler (else "
+                    "every rank sees every batch); pass the tensors or a Dataset instead"
+                )
         elif _is_tensors(data):
             self._init_tensors(data, arg)
         elif isinstance(data, Dataset):
@@ -48,6 +60,13 @@ class Batches:
                     f"the {world} distributed ranks"
                 )
             self.batch_size = min(batch_size, self.num_data)
+            last = self.num_data % self.batch_size
+            if 0 < last < world:
+                raise ValueError(
+                    f"fit: the last batch of {arg} has {last} row(s) for {world} distributed "
+                    f"ranks; pick batch_size so that {self.num_data} % batch_size is 0 or >= "
+                    f"{world}"
+                )
 
     def _init_tensors(self, data, arg: str) -> None:
         tensors = (data,) if isinstance(data, torch.Tensor) else tuple(data)
@@ -76,12 +95,11 @@ class Batches:
     def first(self) -> tuple:
         return next(iter(self.epoch(0, 0)))
 
-    def epoch(self, epoch: int, skip: int, shuffle: bool = True):
-        """The batches of ``epoch`` after the first ``skip``, each a tuple on the device."""
+    def epoch(self, epoch: int, skip: int, shuffle: bool = True, epoch_rng=None):
+        """The batches of ``epoch`` after the first ``skip``, each a tuple on the device;
+        ``epoch_rng``: the RNG state at the epoch's start (a DataLoader's order comes from it)."""
         if self.loader is not None:
-            for i, batch in enumerate(self.loader):
-                if i >= skip:
-                    yield self._to_device(batch)
+            yield from self._loader_epoch(epoch, skip, epoch_rng)
             return
         perm = self._permutation(epoch, shuffle)
         for start in range(skip * self.batch_size, self.num_data, self.batch_size):
@@ -95,6 +113,22 @@ class Batches:
                 rows = [self.dataset[int(i)] for i in idx]
                 rows = [r if isinstance(r, (tuple, list)) else (r,) for r in rows]
                 yield self._to_device(tuple(torch.stack(col) for col in zip(*rows, strict=True)))
+
+    def _loader_epoch(self, epoch: int, skip: int, epoch_rng):
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
+        if skip >= len(self.loader):
+            return
+        now = rng_state() if skip and epoch_rng is not None else None
+        if now is not None:
+            set_rng_state(epoch_rng)
+        batches = iter(self.loader)
+        for _ in range(skip):
+            next(batches)
+        if now is not None:
+            set_rng_state(now)
+        for batch in batches:
+            yield self._to_device(batch)
 
     def _to_device(self, batch) -> tuple:
         batch = batch if isinstance(batch, (tuple, list)) else (batch,)

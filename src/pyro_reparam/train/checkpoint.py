@@ -1,166 +1,142 @@
-"""Checkpoints of an SVI run that can be written atomically and never execute code on load.
+"""Checkpoint files: written atomically under a unique name, hashed, and read without running
+code.
 
-A checkpoint holds plain tensors and Python scalars only: the param store's unconstrained
-values, the ELBO's own state (``elbo.state_dict()``: baselines, for an ELBO that keeps any),
-the optimizer state, the RNG states (torch, CUDA, numpy, python), the epoch and step, and the
-history. Each tensor is saved once, by its owner: a parameter of the ELBO's state that is also
-in the param store (a neural baseline the ELBO registered) goes with the ELBO.
+A file is a two-line text header, ``pyro-reparam checkpoint`` and
+``version 3 sha256 <hex> bytes <n>``, followed by the ``n`` bytes of a ``torch.save`` payload
+whose SHA-256 is ``<hex>``. :func:`load` refuses a file whose payload does not match its hash
+(a flipped bit, a truncated copy, an edit) before it is unpickled, then reads the payload with
+``torch.load(..., weights_only=True)``, whose unpickler builds tensors and primitive containers
+only: a crafted file is refused, naming the global it asked for, and runs nothing. The hash
+detects damage, not malice (anyone can recompute it); ``weights_only`` is what keeps code out.
 
-It is written to ``<path>.tmp`` and renamed over ``<path>`` (atomic on POSIX), and read back
-with ``torch.load(..., weights_only=True)``, whose unpickler refuses anything but tensors and
-primitive containers: a tampered file raises :class:`CheckpointError` and runs nothing.
+:func:`save` writes to a fresh temporary file in the same folder (``tempfile``), fsyncs it and
+renames it over the target (atomic on POSIX), so that a reader sees the old file or the new
+one, never a part, and two writers never share a temporary name. What a checkpoint holds is
+:mod:`~pyro_reparam.train.state`'s business.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
-import random
-from collections.abc import Iterable, Mapping
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyro
 import torch
 
-FORMAT = "pyro-reparam-checkpoint"
-PYRO_LAZY_STATE = "__baseline_avg_downstream_cost_"
-"""Pyro's ``TraceGraph_ELBO`` keeps its decaying averages in the param store, made on the
-first step and looked up by name: a restore creates them."""
-VERSION = 2
+VERSION = 3
+MAGIC = b"pyro-reparam checkpoint\n"
+_HEADER = re.compile(rb"version (\d+) sha256 ([0-9a-f]{64}) bytes (\d+)\n")
+_BLOCKED = re.compile(r"GLOBAL ([\w.]+)")
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, foreign, tampered with, or for another model."""
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a Pyro run draws from, as tensors and primitives."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "name": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["name"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    """A checkpoint that cannot be used: missing, damaged, foreign, tampered with, for another
+    model, or a checkpoint folder another run holds. The message is one line."""
 
 
 def save(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus the format tag) to ``path`` atomically."""
+    """Write ``state`` to ``path`` atomically, with its content hash."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    header = MAGIC + f"version {VERSION} sha256 {digest} bytes {len(payload)}\n".encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a crash right after it keeps the new file)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; anything else raises :class:`CheckpointError`."""
+    """Read a checkpoint written by :func:`save`; anything else raises :class:`CheckpointError`
+    with one line that says what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        what = "a folder" if path.is_dir() else "nothing"
+        raise CheckpointError(f"no checkpoint at {path} (there is {what} there)")
+    data = path.read_bytes()
+    payload = _payload(path, data)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        blocked = _BLOCKED.search(str(e))
+        asked = f"the global {blocked.group(1)}" if blocked else "an object that is not a tensor"
         raise CheckpointError(
-            f"{path} is not a readable pyro-reparam checkpoint (refused without running it: "
-            f"{str(e).splitlines()[0][:160]})"
+            f"{path} asks to load {asked}, which no pyro-reparam checkpoint holds: refused "
+            "without running it (the file was crafted or tampered with); delete it"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a pyro-reparam checkpoint")
-    if state.get("version") != VERSION:
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')}; this pyro-reparam reads "
-            f"version {VERSION}"
-        )
+            f"{path} has a valid hash but torch cannot read its payload "
+            f"({type(e).__name__}: {_first_line(e)}); delete it or use an earlier copy"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint")
     return state
 
 
-def param_store_state(exclude: Iterable[torch.Tensor] = ()) -> dict[str, torch.Tensor]:
-    """The unconstrained values of the parameters in Pyro's param store (detached copies),
-    except those whose memory is one of the tensors of ``exclude`` (saved by their owner)."""
-    store = pyro.get_param_store()
-    exclude = list(exclude)
-    return {
-        name: p.detach().cpu().clone()
-        for name, p in store._params.items()
-        if not any(p.is_set_to(t) for t in exclude)
-    }
-
-
-def snapshot(elbo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(param store values, the ELBO's state), detached CPU copies, each tensor saved once."""
-    state = elbo_state(elbo)
-    params = param_store_state(exclude=state.values())
-    return params, {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def elbo_state(elbo) -> dict[str, torch.Tensor]:
-    """``elbo.state_dict()`` for an ELBO that keeps state of its own, else ``{}``."""
-    get = getattr(elbo, "state_dict", None)
-    return dict(get()) if callable(get) else {}
-
-
-def restore_elbo_state(elbo, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """``elbo.load_state_dict(state)``; a non-empty state for an ELBO without one is refused."""
-    load = getattr(elbo, "load_state_dict", None)
-    if callable(load):
-        load(state)
-    elif state:
+def _payload(path: Path, data: bytes) -> bytes:
+    """The payload of a checkpoint file's bytes, checked against its header."""
+    if not data:
         raise CheckpointError(
-            f"{path} holds the state of an ELBO with baselines ({sorted(state)[:3]}), but this "
-            f"run's {type(elbo).__name__} keeps none; resume with the ELBO it was written with"
+            f"{path} is empty (0 bytes), not a checkpoint; delete it, or start afresh in "
+            "another checkpoint_dir"
         )
-
-
-def restore_param_store(values: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
-    """Copy saved unconstrained values *into* the existing parameters (in place), so that
-    ``nn.Module`` parameters registered with ``pyro.module`` stay the same tensors. Every saved
-    parameter must already exist (run the model and guide once first)."""
-    store = pyro.get_param_store()
-    for name in sorted(set(values) - set(store.keys())):
-        if name.startswith(PYRO_LAZY_STATE):
-            pyro.param(name, values[name].clone())
-    missing = sorted(set(values) - set(store.keys()))
-    if missing:
+    if not data.startswith(MAGIC):
+        kind = "a plain torch.save file" if data.startswith(ZIP_MAGIC) else "foreign"
         raise CheckpointError(
-            f"{path} holds parameters this model and guide do not create: {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}; was it written by another model?"
+            f"{path} is not a pyro-reparam checkpoint ({kind}: it starts with {data[:16]!r}); "
+            "move it away, or start afresh in another checkpoint_dir"
         )
-    with torch.no_grad():
-        for name, value in values.items():
-            target = store._params[name]
-            if target.shape != value.shape:
-                raise CheckpointError(
-                    f"{path}: parameter {name!r} has shape {tuple(value.shape)} there but "
-                    f"{tuple(target.shape)} here; was it written by another model?"
-                )
-            target.copy_(value)
+    header = _HEADER.match(data, len(MAGIC))
+    if header is None:
+        raise CheckpointError(f"{path} has a damaged checkpoint header; it cannot be trusted")
+    version, digest, size = int(header.group(1)), header.group(2).decode(), int(header.group(3))
+    if version != VERSION:
+        raise CheckpointError(
+            f"{path} is a checkpoint of version {version}; this pyro-reparam reads version "
+            f"{VERSION}: start afresh, or resume it with the version that wrote it"
+        )
+    payload = data[header.end() :]
+    if len(payload) != size:
+        cut = "truncated" if len(payload) < size else "longer than written"
+        raise CheckpointError(
+            f"{path} is {cut}: its payload has {len(payload)} of {size} bytes (a copy cut "
+            "short or appended to); use an earlier copy or start afresh"
+        )
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(
+            f"{path} is damaged: its content does not match the SHA-256 written with it (a "
+            "flipped bit or an edit); it is refused. Use an earlier copy or start afresh"
+        )
+    return payload
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no message"

@@ -1,52 +1,96 @@
-"""Non-finite losses and gradients: the check after each step and the diagnosis that names
-the step, the sites with non-finite log-densities or values, and the parameters."""
+"""What went wrong in a step, said in one line: the step, the sites with non-finite
+log-densities or values, the data outside a likelihood's support, the parameters with a
+non-finite gradient or value (of this run only), and the last good checkpoint (kept)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
 import torch
 
+from pyro_reparam.train.probe import support_violations
+
 
 class TrainingError(RuntimeError):
-    """Training stopped on a non-finite loss or gradient; the message says where and why."""
+    """Training stopped on a non-finite loss, gradient or parameter, or on data a likelihood
+    cannot score; the one-line message says where, why and what to try."""
 
 
-def finite_grads(params: list[torch.Tensor], clip_norm: float | None) -> bool:
-    """Clip to ``clip_norm`` if given; True when every gradient entry is finite (one sync)."""
-    if clip_norm is not None:
-        return bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip_norm)))
-    return bool(torch.isfinite(torch.stack([p.grad.sum() for p in params]).sum()))
+def nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names whose tensors hold NaN or inf (one device sync for all of them)."""
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [] if bool(flags.all()) else [n for (n, _), ok in zip(named, flags, strict=True)
+                                         if not ok]  # fmt: skip
 
 
-def is_invalid_parameter_error(error: ValueError) -> bool:
-    """Whether ``error`` is Pyro's validation of non-finite distribution parameters."""
-    return "invalid values" in str(error) or "nan" in str(error).lower()
+def error_kind(error: ValueError) -> str | None:
+    """``"support"`` for Pyro's validation of a value outside a distribution's support,
+    ``"parameter"`` for that of an invalid distribution parameter, else ``None``."""
+    text = str(error)
+    if text.startswith("Expected value argument"):
+        return "support"
+    if "invalid values" in text or "nan" in text.lower():
+        return "parameter"
+    return None
 
 
-def fail(model, guide, batch, epoch, step, what, last_checkpoint: Path | None, error=None):
-    """Raise :class:`TrainingError` for a non-finite ``what`` at ``epoch``, ``step``."""
-    suspects = nonfinite_sites(model, guide, batch)
-    where = f"epoch {epoch + 1}, step {step}"
-    keep = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else ""
+def where(epoch: int, step: int) -> str:
+    return f"epoch {epoch + 1}, step {step}"
+
+
+def kept(checkpoint: Path | None) -> str:
+    return f"; the last good checkpoint is {checkpoint} (kept)" if checkpoint else ""
+
+
+def fail(run_params: Sequence[str], model, guide, batch, epoch, step, what: str,
+         checkpoint: Path | None, error: BaseException | None = None):  # fmt: skip
+    """Raise :class:`TrainingError` for ``what`` (``"loss"``, ``"gradient of 'p'"``,
+    ``"distribution parameter"``, ``"support"``) at ``epoch``, ``step``."""
+    if what == "support":
+        lines = _support_lines(model, guide, batch)
+        if lines:
+            raise TrainingError(
+                f"at {where(epoch, step)}, {'; '.join(lines)}{kept(checkpoint)}. Transform the "
+                "data, or use a likelihood whose support covers them"
+            ) from error
+        what = "value outside a distribution's support"
+    suspects = nonfinite_sites(model, guide, batch, run_params)
     raise TrainingError(
-        f"non-finite {what} at {where} ({suspects}){keep}. Lower the learning rate, set "
-        "clip_norm=..., or check the model at these sites."
+        f"non-finite {what} at {where(epoch, step)} ({suspects}){kept(checkpoint)}. Lower the "
+        "learning rate, set clip_norm=..., or check the model at these sites"
     ) from error
 
 
-def nonfinite_sites(model, guide, batch) -> str:
-    """Name the sites whose log-densities or values, and the params, that are non-finite."""
-    bad_params = [
-        name for name, p in pyro.get_param_store()._params.items() if not torch.isfinite(p).all()
-    ]
+def _traces(model, guide, batch):
+    with torch.no_grad(), pyro.validation_enabled(False):
+        guide_tr = poutine.trace(guide).get_trace(*batch)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*batch)
+    return guide_tr, model_tr
+
+
+def _support_lines(model, guide, batch) -> list[str]:
+    try:
+        _, model_tr = _traces(model, guide, batch)
+    except (ValueError, RuntimeError):
+        return []
+    return support_violations(model_tr, observed=True) + support_violations(
+        model_tr, observed=False
+    )
+
+
+def nonfinite_sites(model, guide, batch, run_params: Sequence[str]) -> str:
+    """The sample sites whose log-densities or values are non-finite on a re-run, and the
+    parameters of this run (``run_params``) that are."""
+    store = dict(pyro.get_param_store().named_parameters())
+    bad_params = nonfinite([(n, store[n].detach()) for n in sorted(run_params) if n in store])
     bad_sites = []
     try:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            guide_tr = poutine.trace(guide).get_trace(*batch)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*batch)
+        guide_tr, model_tr = _traces(model, guide, batch)
         for label, tr in (("guide", guide_tr), ("model", model_tr)):
             for name, site in tr.nodes.items():
                 if site["type"] != "sample":
@@ -56,7 +100,8 @@ def nonfinite_sites(model, guide, batch) -> str:
                 if not torch.isfinite(lp).all() or not torch.isfinite(value).all():
                     bad_sites.append(f"{label} site {name!r}")
     except (ValueError, RuntimeError) as e:  # invalid distribution parameters
-        bad_sites.append(f"tracing failed: {str(e).splitlines()[0][:120]}")
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        bad_sites.append(f"tracing failed: {first[:120]}")
     parts = []
     if bad_sites:
         parts.append("non-finite log-density or value at " + ", ".join(bad_sites))

@@ -1,41 +1,52 @@
 """``fit``: one SVI loop for every model of the plugin and every user model/guide pair.
 
-Each step is exactly Pyro's ``SVI.step`` (``elbo.loss_and_grads`` on the batch, then the
-optimizer on the parameters the step touched, ordered by name), plus a finiteness check of the
-loss and of the gradient norm (optionally clipped). Per epoch the history records the training
-ELBO per datum, ``-(sum of step losses) / N`` (the usual convention: the model sums, unscaled,
-over its batch), the validation ELBO per datum, the time, and the state of running-average
-baselines. For a model that scales its minibatch up to the data set
-(``pyro.plate("data", N, subsample=...)``), each batch loss is ``N`` times a per-datum value.
+Each step is Pyro's ``SVI.step`` with checks (:mod:`~pyro_reparam.train.step`). Per epoch the
+history records the training ELBO per datum, ``-(sum of step losses) / N`` (the usual
+convention: the model sums, unscaled, over its batch), the validation ELBO per datum, the
+time, and the state of running-average baselines; for a model that scales its minibatch up to
+the data set (``pyro.plate("data", N, subsample=...)``), each batch loss is ``N`` times a
+per-datum value (:mod:`~pyro_reparam.train.probe`).
 
-Batches: :mod:`~pyro_reparam.train.batches`; data parallel under ``torchrun`` (the reported
-ELBO is the mean over ranks; rank 0 alone writes checkpoints and shows progress):
-:mod:`~pyro_reparam.train.distributed`; checkpoints: :mod:`~pyro_reparam.train.checkpoint`.
+At the end of an epoch: callbacks, then the learning-rate schedule, then the checkpoint, so
+that what callbacks draw or change is in it and a resumed run is the uninterrupted one. Ctrl-C
+stops after the step it lands in and checkpoints there (:mod:`~pyro_reparam.train.interrupt`).
+A checkpoint is never written with non-finite values (:mod:`~pyro_reparam.train.state`), is
+hashed and written atomically (:mod:`~pyro_reparam.train.checkpoint`), and its folder belongs
+to one run at a time (:mod:`~pyro_reparam.train.lock`). Batches:
+:mod:`~pyro_reparam.train.batches`; data parallel under torchrun:
+:mod:`~pyro_reparam.train.distributed`.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from pyro.infer.util import zero_grads
 from pyro.optim import PyroOptim
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_reparam.train import checkpoint as ckpt
+from pyro_reparam.train import resume as rs
+from pyro_reparam.train import state as st
 from pyro_reparam.train.batches import Batches
-from pyro_reparam.train.distributed import Distributed
-from pyro_reparam.train.faults import fail, finite_grads, is_invalid_parameter_error
-from pyro_reparam.train.history import RECORD_KEYS, History, baseline_state
+from pyro_reparam.train.distributed import Distributed, together
+from pyro_reparam.train.faults import TrainingError, error_kind, fail, kept, where
+from pyro_reparam.train.history import History, baseline_state
+from pyro_reparam.train.interrupt import Interrupt
+from pyro_reparam.train.lock import FolderLock
+from pyro_reparam.train.optimizers import check_learning_rates, optim_kind, step_scheduler
 from pyro_reparam.train.options import check_options, resolve_device
+from pyro_reparam.train.probe import create_params, probe
+from pyro_reparam.train.progress import evaluate, progress_bar, show
+from pyro_reparam.train.rng import rng_state
+from pyro_reparam.train.step import Step, jit_twin, svi_step
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -61,6 +72,7 @@ def fit(
     clip_norm: float | None = None,
     jit: bool = False,
     distributed: bool | None = None,
+    scheduler_step: str = "epoch",
     log: Callable[[str], None] = print,
 ) -> History:
     """Train ``guide`` against ``model`` by stochastic variational inference.
@@ -70,35 +82,53 @@ def fit(
     :param elbo: any Pyro ELBO; ``None`` routes the pair with :func:`pyro_reparam.route` and
         prints the plan once. An ELBO with a ``state_dict()`` (baselines) is checkpointed
         through it.
-    :param optim: a Pyro optimizer (default ``pyro.optim.Adam({"lr": 1e-3})``).
+    :param optim: a Pyro optimizer (default ``pyro.optim.Adam({"lr": 1e-3})``) or LR scheduler
+        (``pyro.optim.ExponentialLR({...})``); learning rates outside ``[0, 10]`` are refused.
     :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; batches are moved there, and so are
         ``nn.Module`` owners of bound-method models/guides (``vae.model``). Default: CPU.
-    :param seed: seeds Pyro's RNGs and the epoch permutations; the same seed gives the same
-        history, bit for bit, on CPU.
-    :param checkpoint_dir: write ``checkpoint.pt`` there after each epoch and on Ctrl-C.
-    :param resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
-    :param callbacks: ``f(epoch, record)`` after each epoch; scalars they add to ``record``
-        (say a KL term) are shown in the progress bar; returning ``True`` stops the run.
+    :param seed: seeds Pyro's RNGs before anything is traced (so parameter initialization too)
+        and the epoch permutations; the same seed gives the same history, bit for bit, on CPU,
+        whatever the caller drew before.
+    :param checkpoint_dir: write ``checkpoint.pt`` there after each epoch and on Ctrl-C; the
+        folder is locked for the run (a second run on it fails at once).
+    :param resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists, exactly; a
+        call whose data size, batch size, seed, ranks or optimizer do not fit it is refused, a
+        changed learning rate applied and said, ``epochs`` below its epochs refused.
+    :param callbacks: ``f(epoch, record)`` after each epoch, before the checkpoint; scalars they
+        add to ``record`` (say a KL term) are shown in the progress bar and saved; returning
+        ``True`` stops the run (a resume of it then stops too).
     :param clip_norm: clip the global gradient norm to this value.
     :param jit: use the TorchScript-compiled twin of the ELBO (``JitTrace_ELBO`` for
         ``Trace_ELBO``, likewise TraceMeanField, TraceGraph, TraceEnum); pays off for models with
         many small operations (see ``benchmarks/fit_overhead.py``).
-    :param distributed: average gradients across ``torchrun`` ranks; ``None`` detects torchrun.
+    :param distributed: data parallel across ``torchrun`` ranks; ``None`` detects torchrun.
+    :param scheduler_step: when ``fit`` steps an LR scheduler: ``"epoch"``, ``"step"`` or
+        ``"manual"`` (your callback does; see :mod:`~pyro_reparam.train.optimizers`).
     :returns: the :class:`History`.
-    :raises TrainingError: on a non-finite loss or gradient, naming the step, the sites with
-        non-finite log-densities or parameters, and the last good checkpoint (kept).
+    :raises TrainingError: on a non-finite loss, gradient or parameter, or data outside a
+        likelihood's support, naming the step, the sites or parameters, and the last good
+        checkpoint (kept).
     """
-    callbacks = list(callbacks)
-    check_options(
-        model, guide, elbo, optim, epochs, batch_size, checkpoint_dir, resume, callbacks, clip_norm
-    )
-    run = _Run.setup(
-        model, guide, data, elbo=elbo, optim=optim, batch_size=batch_size, device=device,
-        seed=seed, val_data=val_data, checkpoint_dir=checkpoint_dir, clip_norm=clip_norm,
-        jit=jit, distributed=distributed, log=log,
-    )  # fmt: skip
-    start = run.start(resume)
-    return run.train(start, epochs, callbacks, progress)
+    callbacks = check_options(model, guide, elbo, optim, epochs, batch_size, seed,
+                              checkpoint_dir, resume, progress, callbacks, clip_norm, jit,
+                              distributed, log, scheduler_step)  # fmt: skip
+    dist, device = Distributed.detect(distributed, resolve_device(device))
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    with contextlib.ExitStack() as stack:
+
+        def prepare() -> _Run:
+            if folder is not None and (dist is None or dist.rank == 0):
+                folder.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(FolderLock(folder))
+            pyro.set_rng_seed(seed)  # before anything that may initialize parameters
+            return _Run.setup(model, guide, data, elbo=elbo, optim=optim, batch_size=batch_size,
+                              device=device, seed=seed, val_data=val_data, folder=folder,
+                              clip_norm=clip_norm, jit=jit, dist=dist, log=log,
+                              scheduler_step=scheduler_step)  # fmt: skip
+
+        run = together(dist, prepare)
+        start = run.start(resume, epochs)
+        return run.train(start, epochs, callbacks, progress)
 
 
 @dataclass
@@ -115,18 +145,22 @@ class _Run:
     path: Path | None
     clip_norm: float | None
     seed: int
+    scheduler_step: str
     say: Callable[[str], None]
     history: History
     first: tuple
     full_data: bool
-    at: tuple[int, int, float] = (0, 0, 0.0)
-    """(epoch, step, summed loss so far): where a Ctrl-C checkpoint resumes."""
+    names: set[str] = field(default_factory=set)
+    """The parameters of this run (never stale ones of earlier fits)."""
+    restored_optim: dict = field(default_factory=dict)
+    interrupt: Interrupt | None = None
+    stop_agreed: bool = False
+    """Whether the ranks agreed on a Ctrl-C at the last step (data parallel)."""
+    interrupt_saved: bool = False
 
     @classmethod
     def setup(cls, model, guide, data, *, elbo, optim, batch_size, device, seed, val_data,
-              checkpoint_dir, clip_norm, jit, distributed, log) -> _Run:  # fmt: skip
-        device = resolve_device(device)
-        dist = Distributed.detect(distributed, device)
+              folder, clip_norm, jit, dist, log, scheduler_step) -> _Run:  # fmt: skip
         batches = Batches(data, batch_size, seed, device, dist, "data")
         val = None
         if val_data is not None:
@@ -142,6 +176,12 @@ class _Run:
                 owner.to(device)
         say = log if dist is None or dist.rank == 0 else (lambda _msg: None)
         first = batches.first()
+        facts = probe(model, first)
+        if facts.violations:
+            raise ValueError(
+                f"fit: {facts.violations[0]}; transform the data, or use a likelihood whose "
+                "support covers them"
+            )
         history = History()
         if elbo is None:
             from pyro_reparam.routing import route
@@ -149,246 +189,212 @@ class _Run:
             history.plan = route(model, guide, *first)
             elbo = history.plan.elbo()
             say(str(history.plan))
-        full_data = _loss_is_full_data(model, first)
         if jit:
-            elbo = _jit(elbo)
-        path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+            elbo = jit_twin(elbo)
+        path = folder / CHECKPOINT_NAME if folder is not None else None
         return cls(
             model, guide, elbo, optim or pyro.optim.Adam({"lr": 1e-3}), batches, val, dist,
-            path, clip_norm, seed, say, history, first, full_data,
+            path, clip_norm, seed, scheduler_step, say, history, first, facts.full_data,
         )  # fmt: skip
 
     @property
     def is_main(self) -> bool:
         return self.dist is None or self.dist.rank == 0
 
-    def start(self, resume: bool) -> tuple[int, int, float]:
-        """Seed, resume from the checkpoint if asked, and sync the ranks: (epoch, step, loss)."""
-        pyro.set_rng_seed(self.seed)
-        start = (0, 0, 0.0)
-        if resume and self.path is not None and self.path.exists():
-            start = self._resume()
-        elif self.dist is not None:
-            _setup_params(self.model, self.guide, self.first)
-            pyro.set_rng_seed(self.seed + self.dist.rank)
+    @property
+    def rank(self) -> int:
+        return 0 if self.dist is None else self.dist.rank
+
+    def start(self, resume: bool, epochs: int) -> rs.Position:
+        """Create the parameters, then resume from the checkpoint if asked (or reseed: the
+        training stream starts at ``seed`` whatever setup drew); sync the ranks."""
+        self.names = create_params(self.model, self.guide, self.first)
+        check_learning_rates(self.optim, sorted(self.names))
+        state = self._read_checkpoint() if resume else None
+        if state is None:
+            pyro.set_rng_seed(self.seed)
+            if resume:
+                self.say(f"resume: no checkpoint at {self.path} yet; starting afresh")
+            start = rs.Position()
+        else:
+            start = self._resume(state, epochs)
         if self.dist is not None:
-            self.dist.broadcast_params()
+            self.dist.broadcast_params(sorted(self.names))
         return start
 
-    def _resume(self) -> tuple[int, int, float]:
-        state = ckpt.load(self.path)
-        _setup_params(self.model, self.guide, self.first)
-        ckpt.restore_param_store(state["params"], self.path)
-        ckpt.restore_elbo_state(self.elbo, state["elbo"], self.path)
-        self.optim.set_state(state["optim"])
-        ckpt.set_rng_state(state["rng"])
+    def _read_checkpoint(self) -> dict | None:
+        """Rank 0 reads the checkpoint (if any) and hands it to every rank."""
+
+        def read():
+            return ckpt.load(self.path) if self.path.exists() else None
+
+        if self.dist is None:
+            return read()
+        got = together(self.dist, read if self.is_main else (lambda: None))
+        return self.dist.broadcast(got)
+
+    def _run_facts(self) -> dict[str, int]:
+        world = 1 if self.dist is None else self.dist.world
+        return {"seed": self.seed, "num_data": self.batches.num_data,
+                "batch_size": self.batches.batch_size, "world": world}  # fmt: skip
+
+    def _resume(self, state: dict, epochs: int) -> rs.Position:
+        st.check_layout(state, self.path)
+        rs.check_fits(state, self._run_facts(), epochs, self.path)
+        self.restored_optim = rs.restore(state, self.rank, self.elbo, self.optim, self.path,
+                                         self.say)  # fmt: skip
+        self.names |= set(state["params"])
         self.history.records = list(state["history"])
         self.history.checkpoint = self.path
+        self.history.stopped_early = state["stopped_early"]
         self.say(f"resumed from {self.path}: epoch {state['epoch']}, step {state['step']}")
-        return state["epoch"], state["step"], state["partial_loss"]
+        return rs.position(state, self.rank)
 
-    def save(self, epoch: int, step: int, partial_loss: float) -> None:
-        if self.path is None or not self.is_main:
+    def save(self, epoch: int, step: int, total: float, epoch_rng=None) -> None:
+        """Write the checkpoint (rank 0, with every rank's RNG and ELBO state), or raise
+        TrainingError without writing when anything in it is non-finite."""
+        if self.path is None:
             return
-        params, elbo_state = ckpt.snapshot(self.elbo)
-        ckpt.save(
-            self.path,
-            {
-                "params": params,
-                "elbo": elbo_state,
-                "optim": self.optim.get_state(),
-                "rng": ckpt.rng_state(),
-                "epoch": epoch,
-                "step": step,
-                "partial_loss": partial_loss,
-                "history": self.history.records,
-            },
-        )
-        self.history.checkpoint = self.path
-
-    def train(self, start, epochs: int, callbacks: list, progress: bool) -> History:
-        start_epoch, start_step, partial = start
-        bar = _progress(progress and self.is_main, epochs, start_epoch, len(self.batches))
-        self.at = start
-        try:
-            for epoch in range(start_epoch, epochs):
-                resumed = epoch == start_epoch
-                record = self._epoch(
-                    epoch, start_step if resumed else 0, partial if resumed else 0.0, bar
+        mine = {"rng": rng_state(), "epoch_rng": epoch_rng, "elbo": st.elbo_state(self.elbo)}
+        ranks = [mine] if self.dist is None else self.dist.gather(mine)
+        state, problem = None, None
+        if self.is_main:
+            try:
+                state = self._state(ranks, epoch, step, total)
+            except TypeError as e:  # a callback's value a checkpoint cannot hold
+                problem = e
+            bad = st.nonfinite_parts(state) if state is not None else []
+            if bad:
+                problem = TrainingError(
+                    f"not writing the checkpoint at {where(epoch, step)}: {', '.join(bad[:4])} "
+                    f"{'is' if len(bad) == 1 else 'are'} non-finite{kept(self.history.checkpoint)}"
+                    ". Lower the learning rate or set clip_norm=..."
                 )
-                self.history.records.append(record)
-                self.save(epoch + 1, 0, 0.0)
-                stop = any(cb(epoch + 1, record) for cb in callbacks)
-                if bar is not None:
-                    added = {k: f"{v:.4g}" for k, v in record.items()
-                             if k not in RECORD_KEYS and isinstance(v, float)}  # fmt: skip
-                    bar.set_postfix(epoch=epoch + 1, elbo=f"{record['train_elbo']:.4g}", **added)
-                if stop:
-                    self.history.stopped_early = True
-                    break
+        if self.dist is not None:
+            problem = self.dist.broadcast(problem)
+        if problem is not None:
+            raise problem
+        if self.is_main:
+            ckpt.save(self.path, state)
+            self.history.checkpoint = self.path
+
+    def _state(self, ranks: list, epoch: int, step: int, total: float) -> dict:
+        return {
+            "params": st.run_params(self.elbo, self.names),
+            "optim": {**self.restored_optim, **self.optim.get_state()},
+            "optim_kind": optim_kind(self.optim),
+            "ranks": ranks,
+            "epoch": epoch,
+            "step": step,
+            "partial_loss": float(total),
+            "history": st.plain_records(self.history.records),
+            "stopped_early": self.history.stopped_early,
+            "run": self._run_facts(),
+        }
+
+    def train(self, start: rs.Position, epochs: int, callbacks: list, progress: bool) -> History:
+        if self.history.stopped_early:
+            self.say(f"{self.path}: this run was stopped early by a callback; nothing to train")
+            return self.history
+        steps = len(self.batches)
+        bar = progress_bar(
+            progress and self.is_main, epochs, start.epoch * steps + start.step, steps
+        )
+        try:
+            with Interrupt() as self.interrupt:
+                for epoch in range(start.epoch, epochs):
+                    record = self._epoch(epoch, start if epoch == start.epoch else None, bar)
+                    self.history.records.append(record)
+                    stop = any([bool(cb(epoch + 1, record)) for cb in callbacks])
+                    loss = -(record["val_elbo"] if record["val_elbo"] is not None
+                             else record["train_elbo"])  # fmt: skip
+                    step_scheduler(self.optim, "epoch", self.scheduler_step, loss)
+                    self.history.stopped_early = stop
+                    self.save(epoch + 1, 0, 0.0)
+                    show(bar, record)
+                    agreed = self.stop_agreed if self.dist else self.interrupt.requested
+                    self._stop_if_interrupted(epoch + 1, 0, agreed)
+                    if stop:
+                        break
         except KeyboardInterrupt:
-            epoch, step, total = self.at
-            if step < len(self.batches):
-                self.save(epoch, step, total)
-            self.say(
-                f"\ninterrupted at epoch {epoch + 1}, step {step}; resume with resume=True "
-                f"({self.path})"
-            )
+            if not self.interrupt_saved:
+                self.say(f"\ninterrupted; the last checkpoint ({self.history.checkpoint}) is kept")
             raise
         finally:
             if bar is not None:
                 bar.close()
         return self.history
 
-    def _epoch(self, epoch: int, skip: int, total: float, bar) -> dict:
-        """Train one epoch from step ``skip`` on (``total``: the loss of the steps before)."""
+    def _stop_if_interrupted(self, epoch: int, step: int, agreed: bool) -> None:
+        """Raise KeyboardInterrupt after a Ctrl-C, the checkpoint just written (in
+        ``(epoch, step)`` terms: the next step to run)."""
+        if not agreed:
+            return
+        self.interrupt_saved = True
+        at = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        self.say(f"\ninterrupted; checkpoint {self.path} resumes at {at} with resume=True")
+        raise KeyboardInterrupt
+
+    def _epoch(self, epoch: int, start: rs.Position | None, bar) -> dict:
+        """Train one epoch (from ``start``'s step, with its summed loss, when resuming)."""
         t0 = time.perf_counter()
-        for step, batch in enumerate(self.batches.epoch(epoch, skip), start=skip):
-            self.at = (epoch, step, total)
-            loss = self._step(epoch, step, batch)
-            total += loss
+        skip, total = (start.step, start.total) if start is not None else (0, 0.0)
+        epoch_rng = start.epoch_rng if start is not None and start.step else rng_state()
+        last = len(self.batches) - 1
+        for step, batch in enumerate(self.batches.epoch(epoch, skip, epoch_rng=epoch_rng),
+                                     start=skip):  # fmt: skip
+            result = self._step(epoch, step, batch)
+            total += result.loss
+            step_scheduler(self.optim, "step", self.scheduler_step, result.loss)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
-                    per = self.batches.num_data if self.full_data else len(batch[0])
-                    bar.set_postfix(epoch=epoch + 1, elbo=f"{-loss / per:.4g}", refresh=False)
-        self.at = (epoch, len(self.batches), total)
-        if self.dist is not None:
-            total = self.dist.mean(total)
+                    per = self.batches.num_data if self.full_data else self.batches.batch_size
+                    bar.set_postfix(epoch=epoch + 1, elbo=f"{-result.loss / per:.4g}",
+                                    refresh=False)  # fmt: skip
+            self.stop_agreed = result.interrupted
+            agreed = result.interrupted if self.dist is not None else self.interrupt.requested
+            if agreed and step < last:
+                self.save(epoch, step + 1, total, epoch_rng)
+                self._stop_if_interrupted(epoch, step + 1, agreed)
         n = self.batches.num_data
+        val = evaluate(self.model, self.guide, self.elbo, self.val, self.full_data and n, epoch)
         return {
             "epoch": epoch + 1,
             "train_elbo": -total / n / (len(self.batches) if self.full_data else 1),
-            "val_elbo": _evaluate(
-                self.model, self.guide, self.elbo, self.val, self.full_data and n
-            ),
+            "val_elbo": val,
             "seconds": time.perf_counter() - t0,
-            "baselines": baseline_state(self.elbo),
+            "baselines": self._baselines(),
         }
 
-    def _step(self, epoch: int, step: int, batch: tuple) -> float:
-        checkpoint = self.history.checkpoint
+    def _baselines(self) -> dict[str, float]:
+        values = baseline_state(self.elbo)
+        return values if self.dist is None else self.dist.reduce(values, average=True)
+
+    def _step(self, epoch: int, step: int, batch: tuple) -> Step:
+        names, last_good = sorted(self.names), self.history.checkpoint
+        args = (self.model, self.guide, batch, epoch, step)
         try:
-            loss, fault = _svi_step(
-                self.model, self.guide, self.elbo, self.optim, batch, self.clip_norm, self.dist
-            )
-        except ValueError as e:  # Pyro's validation of distribution parameters
-            if not is_invalid_parameter_error(e):
+            result = svi_step(self.elbo, self.optim, self.model, self.guide, batch,
+                              self.clip_norm, self.dist, self.full_data,
+                              self.interrupt.requested)  # fmt: skip
+        except ValueError as e:  # Pyro's validation of distribution parameters and values
+            kind = error_kind(e)
+            if kind is None:
                 raise
-            fail(self.model, self.guide, batch, epoch, step, "distribution parameter",
-                 checkpoint, e)  # fmt: skip
-        if fault:
-            fail(self.model, self.guide, batch, epoch, step, fault, checkpoint)
-        return loss
-
-
-def _svi_step(model, guide, elbo, optim, batch, clip_norm, dist) -> tuple[float, str | None]:
-    """``SVI.step`` with a finiteness check (and the all-reduce when distributed).
-
-    Returns the loss and ``None``, or the name of what was non-finite (``"loss"`` or
-    ``"gradient"``), in which case the parameters are left unchanged.
-    """
-    with poutine.trace(param_only=True) as tape:
-        loss = float(elbo.loss_and_grads(model, guide, *batch))
-    params = _params_by_name(tape.trace)
-    grads = [p for p in params if p.grad is not None]
-    if dist is not None:
-        dist.average_grads(grads)
-    fault = None
-    if not math.isfinite(loss):
-        fault = "loss"
-    elif grads and not finite_grads(grads, clip_norm):
-        fault = "gradient"
-    if fault is None:
-        optim(params)
-    zero_grads(params)
-    return loss, fault
-
-
-def _params_by_name(trace) -> list[torch.Tensor]:
-    """The unconstrained parameters of a param trace, each once, in the order of their names."""
-    params: dict[int, torch.Tensor] = {}
-    for name in sorted(trace.nodes):
-        p = trace.nodes[name]["value"].unconstrained()
-        params.setdefault(id(p), p)
-    return list(params.values())
-
-
-def _jit(elbo: ELBO) -> ELBO:
-    from pyro import infer
-
-    twins = {
-        infer.Trace_ELBO: infer.JitTrace_ELBO,
-        infer.TraceMeanField_ELBO: infer.JitTraceMeanField_ELBO,
-        infer.TraceGraph_ELBO: infer.JitTraceGraph_ELBO,
-        infer.TraceEnum_ELBO: infer.JitTraceEnum_ELBO,
-    }
-    twin = twins.get(type(elbo))
-    if twin is None:
-        raise ValueError(
-            f"fit: jit=True compiles {', '.join(c.__name__ for c in twins)}; this run's ELBO is "
-            f"{type(elbo).__name__}. Pass one of those as elbo=..., or jit=False"
-        )
-    return twin(
-        num_particles=elbo.num_particles,
-        max_plate_nesting=elbo.max_plate_nesting,
-        vectorize_particles=elbo.vectorize_particles,
-    )
-
-
-def _evaluate(model, guide, elbo, val, full_data_size: int | bool) -> float | None:
-    """Validation ELBO per datum; ``full_data_size``: the training size when each batch's loss
-    already estimates the ELBO of that many data (see :func:`_loss_is_full_data`)."""
-    if val is None:
-        return None
-    total = 0.0
-    for batch in val.epoch(0, 0, shuffle=False):
-        total += float(elbo.loss(model, guide, *batch))
-    if full_data_size:
-        return -total / len(val) / full_data_size
-    return -total / val.num_data
-
-
-def _loss_is_full_data(model, batch) -> bool:
-    """Whether one batch's loss already estimates the whole data set's ELBO: the model scales
-    its observed sites up by ``N / B`` (``poutine.scale`` or a subsampled plate), as minibatched
-    models with global latents do. Then the per-datum ELBO of an epoch is the mean batch loss
-    over ``N``; otherwise (local latents, unscaled likelihood) it is the summed loss over
-    ``N``.
-
-    The model runs once on its own, latents drawn from its prior, with the random state put
-    back afterwards, so that seeding and resuming are untouched; a model that cannot be run
-    that way (say, an improper prior) counts as unscaled."""
-    state = ckpt.rng_state()
-    try:
-        with torch.no_grad():
-            model_trace = poutine.trace(model).get_trace(*batch)
-    except (NotImplementedError, ValueError, RuntimeError):
-        return False
-    finally:
-        ckpt.set_rng_state(state)
-    return any(
-        site["type"] == "sample" and site["is_observed"] and float(site["scale"]) > 1.0 + 1e-6
-        for site in model_trace.nodes.values()
-    )
-
-
-def _setup_params(model, guide, batch) -> None:
-    """Run guide and model once so every parameter exists (their values are overwritten)."""
-    with torch.no_grad():
-        guide_tr = poutine.trace(guide).get_trace(*batch)
-        poutine.replay(model, trace=guide_tr)(*batch)
-
-
-def _progress(enabled, epochs, start_epoch, steps_per_epoch):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        unit="step",
-        dynamic_ncols=True,
-        desc="SVI",
-    )
+            what = "support" if kind == "support" else "distribution parameter"
+            fail(names, *args, what, last_good, e)
+        self.names.update(result.names)
+        if result.fault == "loss":
+            fail(sorted(self.names), *args, "loss", last_good)
+        if result.fault == "gradient":
+            fail(sorted(self.names), *args,
+                 f"gradient of {', '.join(map(repr, result.bad[:6]))} with a finite loss",
+                 last_good)  # fmt: skip
+        if result.fault == "parameter":
+            raise TrainingError(
+                f"the update at {where(epoch, step)} made {', '.join(map(repr, result.bad[:6]))} "
+                f"non-finite though the loss and gradient were finite (the step overflowed)"
+                f"{kept(last_good)}. Lower the learning rate or set clip_norm=..."
+            )
+        return result

@@ -18,14 +18,18 @@ class FittingMixin:
         with :func:`pyro_reparam.fit`, ``ClippedAdam(lr)`` and :meth:`elbo` (or ``elbo=``).
         The history's records also hold the two ELBO terms on the training data:
         ``expected_log_likelihood`` (MC, 8 draws) and ``kl`` (closed form), in standardized
-        units."""
+        units. Their draws come from a stream of their own, seeded by ``(seed, epoch)``, so
+        that training draws what it would without them and a resumed fit is the uninterrupted
+        one (``checkpoint_dir=..., resume=True``)."""
         from pyro_reparam.train import fit as svi_fit
 
         xs, ys, device = self._prepare(x, y, fit_kwargs.pop("device", None))
         n = xs.shape[0]
 
-        def terms(_epoch, record):
-            with torch.no_grad():
+        def terms(epoch, record):
+            devices = [device] if device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices):
+                torch.manual_seed(seed * 1_000_003 + epoch)
                 record["expected_log_likelihood"] = self._expected_log_lik(xs, ys, 8)
                 record["kl"] = self.kl()
 

@@ -1,0 +1,119 @@
+"""One SVI step of :func:`~pyro_reparam.train.fit`: exactly Pyro's ``SVI.step``
+(``elbo.loss_and_grads`` on the batch, then the optimizer on the parameters the step touched),
+with the parameters in the order of their names, finiteness checks of the loss, the gradients
+(optionally clipped) and the updated parameters, and the data-parallel reduction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+import torch
+from pyro import infer
+from pyro.infer import ELBO
+from pyro.infer.util import zero_grads
+
+from pyro_reparam.train.distributed import Distributed
+from pyro_reparam.train.faults import TrainingError, nonfinite
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a step did: the loss (summed or averaged over ranks), the names of its parameters,
+    and what was non-finite (``"loss"``, ``"gradient"``, ``"parameter"``; ``bad`` names them),
+    in which case the optimizer did not run (``"parameter"``: it ran and made them so)."""
+
+    loss: float
+    names: tuple[str, ...]
+    fault: str | None = None
+    bad: tuple[str, ...] = ()
+    interrupted: bool = False
+
+
+def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | None,
+             dist: Distributed | None, average: bool, interrupted: bool) -> Step:  # fmt: skip
+    """One step; under ``dist`` the ranks agree on its outcome (see
+    :mod:`~pyro_reparam.train.distributed`); ``average``: how their gradients combine."""
+    try:
+        with poutine.trace(param_only=True) as tape:
+            loss = float(elbo.loss_and_grads(model, guide, *batch))
+    except Exception:
+        if dist is not None:  # tell the other ranks, which would wait for this one
+            dist.exchange(math.nan, ["failed"], interrupted, failed=True)
+        raise
+    named = params_by_name(tape.trace)
+    names = tuple(n for n, _ in named)
+    grads = [(n, p) for n, p in named if p.grad is not None]
+    try:
+        if dist is not None:
+            info = dist.exchange(loss, [f"{n} {tuple(p.shape)}" for n, p in grads], interrupted)
+            _check_ranks(info, loss, names)
+            interrupted = info.interrupted
+            loss = sum(info.losses) / (dist.world if average else 1)
+        if not math.isfinite(loss):
+            return Step(loss, names, "loss", interrupted=interrupted)
+        if dist is not None:
+            dist.reduce_grads([p for _, p in grads], average)
+        bad = nonfinite([(n, p.grad) for n, p in grads])
+        if bad:
+            return Step(loss, names, "gradient", tuple(bad), interrupted)
+        if clip_norm is not None and grads:
+            torch.nn.utils.clip_grad_norm_([p for _, p in grads], clip_norm)
+        optim([p for _, p in named])
+        bad = nonfinite([(n, p.detach()) for n, p in named])
+        return Step(loss, names, "parameter" if bad else None, tuple(bad), interrupted)
+    finally:
+        zero_grads([p for _, p in named])
+
+
+def _check_ranks(info, loss: float, names: tuple[str, ...]) -> None:
+    if info.failed:
+        raise TrainingError(
+            f"rank {info.failed[0]} failed at this step (its own error says why); this rank "
+            "stopped with it"
+        )
+    if not info.same_params:
+        raise TrainingError(
+            "fit: the ranks' steps gave gradients to different parameters "
+            f"(this rank: {list(names)[:6]}); the model or guide takes a data- or "
+            "rank-dependent path: make every rank create and use the same parameters"
+        )
+    bad = [r for r, v in enumerate(info.losses) if not math.isfinite(v)]
+    if bad and math.isfinite(loss):
+        raise TrainingError(
+            f"rank {bad[0]} had a non-finite loss at this step (its own error says where); "
+            "this rank stopped with it"
+        )
+
+
+def params_by_name(trace) -> list[tuple[str, torch.Tensor]]:
+    """The unconstrained parameters of a param trace, each once, in the order of their names."""
+    seen: dict[int, tuple[str, torch.Tensor]] = {}
+    for name in sorted(trace.nodes):
+        p = trace.nodes[name]["value"].unconstrained()
+        seen.setdefault(id(p), (name, p))
+    return list(seen.values())
+
+
+JIT_TWINS = {
+    infer.Trace_ELBO: infer.JitTrace_ELBO,
+    infer.TraceMeanField_ELBO: infer.JitTraceMeanField_ELBO,
+    infer.TraceGraph_ELBO: infer.JitTraceGraph_ELBO,
+    infer.TraceEnum_ELBO: infer.JitTraceEnum_ELBO,
+}
+
+
+def jit_twin(elbo: ELBO) -> ELBO:
+    """The TorchScript-compiled twin of ``elbo`` (same particles and plate nesting)."""
+    twin = JIT_TWINS.get(type(elbo))
+    if twin is None:
+        raise ValueError(
+            f"fit: jit=True compiles {', '.join(c.__name__ for c in JIT_TWINS)}; this run's "
+            f"ELBO is {type(elbo).__name__}. Pass one of those as elbo=..., or jit=False"
+        )
+    return twin(
+        num_particles=elbo.num_particles,
+        max_plate_nesting=elbo.max_plate_nesting,
+        vectorize_particles=elbo.vectorize_particles,
+    )
