@@ -157,6 +157,7 @@ def train_bnn(job: BNNJob) -> dict:
     if hmc:
         rhat = bnn.hmc_rhat(xtr)
         metrics |= {"accept_rate": result.accept_rate.tolist(),
+                    "divergences": result.divergences.tolist(),
                     "step_size": result.step_size.tolist(),
                     "rhat_function_median": rhat.median().item(),
                     "rhat_function_max": rhat.max().item()}  # fmt: skip

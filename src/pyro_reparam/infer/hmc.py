@@ -21,16 +21,22 @@ from dataclasses import dataclass
 
 import torch
 
+DIVERGENCE = 1000.0
+"""Energy error above which a transition counts as divergent (Stan's and Pyro's threshold)."""
+
 
 @dataclass
 class HMCResult:
     """``samples``: ``(C, S, P)`` draws after warm-up; ``accept_rate``: ``(C,)`` mean acceptance
-    probability after warm-up; ``step_size``: ``(C,)``; ``inverse_mass``: ``(P,)``."""
+    probability after warm-up; ``step_size``: ``(C,)``; ``inverse_mass``: ``(P,)``;
+    ``divergences``: ``(C,)`` post-warm-up transitions whose energy error ``H_1 - H_0`` exceeded
+    :data:`DIVERGENCE` (or was not finite), Stan's definition of a divergent transition."""
 
     samples: torch.Tensor
     accept_rate: torch.Tensor
     step_size: torch.Tensor
     inverse_mass: torch.Tensor
+    divergences: torch.Tensor
 
 
 def _value_and_grad(log_density, theta):
@@ -105,6 +111,7 @@ def hmc(
     adapt = _DualAveraging(eps, target_accept)
     windows = {int(0.15 * warmup): "start", int(0.5 * warmup): "mass", int(0.85 * warmup): "mass"}
     window_draws, kept, accepts = [], [], []
+    divergences = torch.zeros(chains, dtype=torch.long, device=theta.device)
     bar = tqdm(range(warmup + num_samples), disable=not progress, desc="hmc", leave=False)
     for it in bar:
         momentum = torch.randn_like(theta) / inverse_mass.sqrt()
@@ -132,8 +139,11 @@ def hmc(
         else:
             kept.append(theta)
             accepts.append(accept_prob)
+            divergences += ~(h1 - h0 <= DIVERGENCE)
             bar.set_postfix(accept=f"{accept_prob.mean().item():.2f}")
-    return HMCResult(torch.stack(kept, 1), torch.stack(accepts, 1).mean(1), eps, inverse_mass)
+    return HMCResult(
+        torch.stack(kept, 1), torch.stack(accepts, 1).mean(1), eps, inverse_mass, divergences
+    )
 
 
 def _within_chain_variance(draws: torch.Tensor) -> torch.Tensor:
