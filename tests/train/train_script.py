@@ -17,7 +17,6 @@ import torch
 from pyro import poutine
 
 import pyro_reparam as pr
-from pyro_reparam.train.state import elbo_state
 
 N = 400
 
@@ -74,8 +73,9 @@ def main(argv=None):
         log=lambda msg: print(msg, file=sys.stderr),
     )
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    elbo_state = {k: v.detach().clone() for k, v in elbo.state_dict().items()}
     torch.save(
-        {"params": params, "elbo_state": elbo_state(elbo), "elbo": history.train_elbo},
+        {"params": params, "elbo_state": elbo_state, "elbo": history.train_elbo},
         args.out / "final0.pt",
     )
 

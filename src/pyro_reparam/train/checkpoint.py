@@ -46,6 +46,7 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
+    _readable(payload, path)
     digest = hashlib.sha256(payload).hexdigest()
     header = MAGIC + f"version {VERSION} sha256 {digest} bytes {len(payload)}\n".encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,6 +62,20 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _readable(payload: bytes, path: Path) -> None:
+    """Refuse to write what :func:`load` would refuse to read (an object that is not a tensor
+    or a primitive), rather than find out on resume."""
+    try:
+        torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        blocked = _BLOCKED.search(str(e))
+        what = blocked.group(1) if blocked else "an object that is not a tensor"
+        raise CheckpointError(
+            f"not writing {path}: the state holds {what}, which a checkpoint cannot be read "
+            "back with; keep tensors, numbers, strings and containers of them"
+        ) from None
 
 
 def _fsync_dir(folder: Path) -> None:

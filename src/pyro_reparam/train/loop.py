@@ -116,18 +116,24 @@ def fit(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     with contextlib.ExitStack() as stack:
 
-        def prepare() -> _Run:
+        def prepare() -> tuple[_Run, dict | None]:
+            state = None
             if folder is not None and (dist is None or dist.rank == 0):
                 folder.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(FolderLock(folder))
+                path = folder / CHECKPOINT_NAME
+                state = ckpt.load(path) if resume and path.exists() else None
             pyro.set_rng_seed(seed)  # before anything that may initialize parameters
-            return _Run.setup(model, guide, data, elbo=elbo, optim=optim, batch_size=batch_size,
-                              device=device, seed=seed, val_data=val_data, folder=folder,
-                              clip_norm=clip_norm, jit=jit, dist=dist, log=log,
-                              scheduler_step=scheduler_step)  # fmt: skip
+            run = _Run.setup(model, guide, data, elbo=elbo, optim=optim, batch_size=batch_size,
+                             device=device, seed=seed, val_data=val_data, folder=folder,
+                             clip_norm=clip_norm, jit=jit, dist=dist, log=log,
+                             scheduler_step=scheduler_step)  # fmt: skip
+            return run, state
 
-        run = together(dist, prepare)
-        start = run.start(resume, epochs)
+        run, state = together(dist, prepare)
+        if dist is not None:  # rank 0 read it: other hosts need no shared disk
+            state = dist.broadcast(state)
+        start = run.start(state, resume, epochs)
         return run.train(start, epochs, callbacks, progress)
 
 
@@ -205,12 +211,12 @@ class _Run:
     def rank(self) -> int:
         return 0 if self.dist is None else self.dist.rank
 
-    def start(self, resume: bool, epochs: int) -> rs.Position:
-        """Create the parameters, then resume from the checkpoint if asked (or reseed: the
-        training stream starts at ``seed`` whatever setup drew); sync the ranks."""
+    def start(self, state: dict | None, resume: bool, epochs: int) -> rs.Position:
+        """Create the parameters, then resume from the checkpoint ``state`` if there is one
+        (else reseed: the training stream starts at ``seed`` whatever setup drew); sync the
+        ranks."""
         self.names = create_params(self.model, self.guide, self.first)
         check_learning_rates(self.optim, sorted(self.names))
-        state = self._read_checkpoint() if resume else None
         if state is None:
             pyro.set_rng_seed(self.seed)
             if resume:
@@ -221,17 +227,6 @@ class _Run:
         if self.dist is not None:
             self.dist.broadcast_params(sorted(self.names))
         return start
-
-    def _read_checkpoint(self) -> dict | None:
-        """Rank 0 reads the checkpoint (if any) and hands it to every rank."""
-
-        def read():
-            return ckpt.load(self.path) if self.path.exists() else None
-
-        if self.dist is None:
-            return read()
-        got = together(self.dist, read if self.is_main else (lambda: None))
-        return self.dist.broadcast(got)
 
     def _run_facts(self) -> dict[str, int]:
         world = 1 if self.dist is None else self.dist.world
@@ -258,6 +253,7 @@ class _Run:
         mine = {"rng": rng_state(), "epoch_rng": epoch_rng, "elbo": st.elbo_state(self.elbo)}
         ranks = [mine] if self.dist is None else self.dist.gather(mine)
         state, problem = None, None
+        at = where(epoch, step) if step else f"the end of epoch {epoch}"
         if self.is_main:
             try:
                 state = self._state(ranks, epoch, step, total)
@@ -266,7 +262,7 @@ class _Run:
             bad = st.nonfinite_parts(state) if state is not None else []
             if bad:
                 problem = TrainingError(
-                    f"not writing the checkpoint at {where(epoch, step)}: {', '.join(bad[:4])} "
+                    f"not writing the checkpoint at {at}: {', '.join(bad[:4])} "
                     f"{'is' if len(bad) == 1 else 'are'} non-finite{kept(self.history.checkpoint)}"
                     ". Lower the learning rate or set clip_norm=..."
                 )

@@ -13,7 +13,6 @@ the param store (a neural baseline the ELBO registered) goes with the ELBO.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,7 @@ def _nonfinite_keys(tree, key: str = "state") -> list[str]:
         return [k for sub_key, v in tree.items() for k in _nonfinite_keys(v, str(sub_key))]
     if isinstance(tree, (list, tuple)):
         return [k for v in tree for k in _nonfinite_keys(v, key)]
-    return [key] if isinstance(tree, float) and not math.isfinite(tree) else []
+    return []  # Python numbers: hyperparameters, and a plateau scheduler's best = inf
 
 
 def plain_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,12 +141,15 @@ def plain_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _plain(value, where: str):
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return type(value)(value) if value is not None else None
+    if isinstance(value, np.generic):  # before float: np.float64 is one
+        return _plain(value.item(), where)
+    if value is None:
+        return None
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, torch.Tensor):
         return value.item() if value.dim() == 0 else value.detach().cpu().clone()
-    if isinstance(value, np.generic):
-        return _plain(value.item(), where)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
