@@ -194,3 +194,21 @@ def test_a_non_finite_state_is_never_checkpointed(tmp_path, optim, says):
     state = load(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_a_state_that_could_not_be_read_back_is_never_written(tmp_path):
+    """A callback's value a weights-only load refuses: a one-line error naming it, and the last
+    good checkpoint stays readable (``save`` itself reads back what it would write)."""
+
+    def adds_an_object(epoch, record):
+        if epoch == 2:
+            record["model_copy"] = object()
+
+    with pytest.raises(TypeError, match=r"record\['model_copy'\] of epoch 2") as info:
+        pr.fit(model, AutoNormal(model), _data(), elbo=Trace_ELBO(), epochs=3, batch_size=8,
+               checkpoint_dir=tmp_path, progress=False, callbacks=[adds_an_object])  # fmt: skip
+    assert "\n" not in str(info.value)
+    assert load(tmp_path / "checkpoint.pt")["epoch"] == 1
+    with pytest.raises(CheckpointError, match="cannot be read back"):
+        save(tmp_path / "other.pt", {"obj": threading.Lock})
+    assert not (tmp_path / "other.pt").exists()

@@ -1,5 +1,7 @@
 """pr.fit: determinism, exact resume after SIGKILL, NaN faults, safe checkpoints."""
 
+import hashlib
+import io
 import math
 import os
 import signal
@@ -16,7 +18,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_reparam as pr
-from pyro_reparam.train.checkpoint import CheckpointError, load, save
+from pyro_reparam.train.checkpoint import MAGIC, CheckpointError, load
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 ENV = dict(os.environ)
@@ -185,7 +187,11 @@ def test_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
     """A crafted payload with a valid header and hash: torch's weights_only unpickler refuses
     it, and the error names the global it asked for."""
     marker = tmp_path / "pwned"
-    save(tmp_path / "checkpoint.pt", {"payload": _Evil(marker)})
+    payload = io.BytesIO()
+    torch.save({"payload": _Evil(marker)}, payload)  # save() itself would refuse to write it
+    payload = payload.getvalue()
+    header = f"version 3 sha256 {hashlib.sha256(payload).hexdigest()} bytes {len(payload)}\n"
+    (tmp_path / "checkpoint.pt").write_bytes(MAGIC + header.encode() + payload)
     with pytest.raises(CheckpointError, match="refused without running it") as info:
         pr.fit(model, AutoNormal(model), _data(), elbo=Trace_ELBO(), checkpoint_dir=tmp_path,
                resume=True, progress=False)  # fmt: skip

@@ -32,7 +32,7 @@ def error_kind(error: ValueError) -> str | None:
     """``"support"`` for Pyro's validation of a value outside a distribution's support,
     ``"parameter"`` for that of an invalid distribution parameter, else ``None``."""
     text = str(error)
-    if text.startswith("Expected value argument"):
+    if "Expected value argument" in text:  # Pyro prefixes "Error ... at site 'x':"
         return "support"
     if "invalid values" in text or "nan" in text.lower():
         return "parameter"

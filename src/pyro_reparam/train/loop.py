@@ -183,11 +183,13 @@ class _Run:
         say = log if dist is None or dist.rank == 0 else (lambda _msg: None)
         first = batches.first()
         facts = probe(model, first)
-        if facts.violations:
-            raise ValueError(
-                f"fit: {facts.violations[0]}; transform the data, or use a likelihood whose "
-                "support covers them"
-            )
+        checked = [("data", facts)] + ([("val_data", probe(model, val.first()))] if val else [])
+        for arg, seen in checked:
+            if seen.violations:
+                raise ValueError(
+                    f"fit: {arg}: {seen.violations[0]}; transform the data, or use a "
+                    "likelihood whose support covers them"
+                )
         history = History()
         if elbo is None:
             from pyro_reparam.routing import route

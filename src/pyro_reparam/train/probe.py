@@ -60,15 +60,15 @@ def support_violations(trace, observed: bool) -> list[str]:
         try:
             support = _elementwise(site["fn"].support)
             ok = support.check(value)
-        except (NotImplementedError, RuntimeError, TypeError):
-            continue  # a dependent or unusual support: Pyro's own check reports it
+        except (NotImplementedError, RuntimeError, TypeError, AttributeError):
+            continue  # a plate's subsample site, or a dependent or unusual support
         if bool(ok.all()):
             continue
         bad = value[~ok]
         kind = "data at observed" if observed else "value the guide gave latent"
         out.append(
             f"the {kind} model site {name!r} lie outside the support {support} of "
-            f"{type(site['fn']).__name__}: {bad.numel()} of {value.numel()} values are not in "
+            f"{_family(site['fn'])}: {bad.numel()} of {value.numel()} values are not in "
             f"it (range [{_fmt(value.min())}, {_fmt(value.max())}], e.g. {_fmt(bad[0])})"
         )
     return out
@@ -78,6 +78,13 @@ def _elementwise(support):
     while isinstance(support, constraints.independent):
         support = support.base_constraint
     return support
+
+
+def _family(fn) -> str:
+    """The distribution's own name, under ``.to_event``/``.expand``/``.mask`` wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
 
 
 def _fmt(t: torch.Tensor) -> str:
