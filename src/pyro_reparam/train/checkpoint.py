@@ -43,6 +43,10 @@ class CheckpointError(RuntimeError):
 def save(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically, with its content hash."""
     path = Path(path)
+    if not isinstance(state, dict):
+        raise TypeError(f"save: state must be a dict, got {type(state).__name__}")
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: the folder {path.parent} does not exist")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
