@@ -25,3 +25,5 @@ from pyro_reparam.estimators.flipout import Flipout
 from pyro_reparam.estimators.local_reparam import LocalReparameterization
 
 __all__ += ["Flipout", "LocalReparameterization"]
+from pyro_reparam.estimators.vimco import VIMCO_ELBO  # noqa: E402, I001
+__all__ += ["VIMCO_ELBO"]
