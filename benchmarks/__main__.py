@@ -19,6 +19,7 @@ BENCHMARKS = {
     "bnn_gap": "benchmarks.bnn_gap",
     "bnn_exact": "benchmarks.bnn_exact",
     "vae_route_kl": "benchmarks.vae_route_kl",
+    "hmc_vs_nuts": "benchmarks.hmc_vs_nuts",
 }
 
 
