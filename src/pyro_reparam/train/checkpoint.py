@@ -127,7 +127,8 @@ def _payload(path: Path, data: bytes) -> bytes:
             "another checkpoint_dir"
         )
     if not data.startswith(MAGIC):
-        kind = "a plain torch.save file" if data.startswith(ZIP_MAGIC) else "foreign"
+        kind = ("a plain torch.save file, or a checkpoint from before content hashes"
+                if data.startswith(ZIP_MAGIC) else "foreign")  # fmt: skip
         raise CheckpointError(
             f"{path} is not a pyro-reparam checkpoint ({kind}: it starts with {data[:16]!r}); "
             "move it away, or start afresh in another checkpoint_dir"

@@ -30,12 +30,12 @@ def nonfinite(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
 
 def error_kind(error: ValueError) -> str | None:
     """``"support"`` for Pyro's validation of a value outside a distribution's support,
-    ``"parameter"`` for that of an invalid distribution parameter, else ``None``."""
+    ``"parameter value"`` for that of an invalid distribution parameter, else ``None``."""
     text = str(error)
     if "Expected value argument" in text:  # Pyro prefixes "Error ... at site 'x':"
         return "support"
     if "invalid values" in text or "nan" in text.lower():
-        return "parameter"
+        return "parameter value"
     return None
 
 
@@ -48,17 +48,28 @@ def kept(checkpoint: Path | None) -> str:
 
 
 def fail(run_params: Sequence[str], model, guide, batch, epoch, step, what: str,
-         checkpoint: Path | None, error: BaseException | None = None):  # fmt: skip
-    """Raise :class:`TrainingError` for ``what`` (``"loss"``, ``"gradient of 'p'"``,
-    ``"distribution parameter"``, ``"support"``) at ``epoch``, ``step``."""
+         checkpoint: Path | None, error: BaseException | None = None,
+         bad: Sequence[str] = ()):  # fmt: skip
+    """Raise :class:`TrainingError` for ``what`` at ``epoch``, ``step``: ``"loss"``,
+    ``"gradient"`` or ``"parameter"`` (non-finite; ``bad`` names the parameters),
+    ``"support"`` (a value outside a distribution's support) or ``"parameter value"`` (an
+    invalid distribution parameter, from Pyro's validation)."""
+    names = ", ".join(map(repr, bad[:6]))
+    if what == "parameter":
+        raise TrainingError(
+            f"the update at {where(epoch, step)} made {names} non-finite though the loss and "
+            f"gradient were finite (the step overflowed){kept(checkpoint)}. Lower the learning "
+            "rate or set clip_norm=..."
+        )
     if what == "support":
-        lines = _support_lines(model, guide, batch)
-        if lines:
-            raise TrainingError(
-                f"at {where(epoch, step)}, {'; '.join(lines)}{kept(checkpoint)}. Transform the "
-                "data, or use a likelihood whose support covers them"
-            ) from error
-        what = "value outside a distribution's support"
+        first = next((ln for ln in str(error).splitlines() if "Expected value" in ln), "")
+        lines = _support_lines(model, guide, batch) or [first[:200]]
+        raise TrainingError(
+            f"at {where(epoch, step)}, {'; '.join(lines)}{kept(checkpoint)}. Transform the "
+            "data, or use a likelihood whose support covers them"
+        ) from error
+    what = {"gradient": f"gradient of {names} with a finite loss",
+            "parameter value": "distribution parameter"}.get(what, what)  # fmt: skip
     suspects = nonfinite_sites(model, guide, batch, run_params)
     raise TrainingError(
         f"non-finite {what} at {where(epoch, step)} ({suspects}){kept(checkpoint)}. Lower the "

@@ -117,12 +117,7 @@ def fit(
     with contextlib.ExitStack() as stack:
 
         def prepare() -> tuple[_Run, dict | None]:
-            state = None
-            if folder is not None and (dist is None or dist.rank == 0):
-                folder.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(FolderLock(folder))
-                path = folder / CHECKPOINT_NAME
-                state = ckpt.load(path) if resume and path.exists() else None
+            state = _claim(folder, resume, stack) if dist is None or dist.rank == 0 else None
             pyro.set_rng_seed(seed)  # before anything that may initialize parameters
             run = _Run.setup(model, guide, data, elbo=elbo, optim=optim, batch_size=batch_size,
                              device=device, seed=seed, val_data=val_data, folder=folder,
@@ -135,6 +130,19 @@ def fit(
             state = dist.broadcast(state)
         start = run.start(state, resume, epochs)
         return run.train(start, epochs, callbacks, progress)
+
+
+def _claim(folder: Path | None, resume: bool, stack: contextlib.ExitStack) -> dict | None:
+    """Create and lock the checkpoint folder for the run; its checkpoint if resuming."""
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"fit: checkpoint_dir={str(folder)!r}: {e.strerror}") from e
+    stack.enter_context(FolderLock(folder))
+    path = folder / CHECKPOINT_NAME
+    return ckpt.load(path) if resume and path.exists() else None
 
 
 @dataclass
@@ -380,19 +388,8 @@ class _Run:
             kind = error_kind(e)
             if kind is None:
                 raise
-            what = "support" if kind == "support" else "distribution parameter"
-            fail(names, *args, what, last_good, e)
+            fail(names, *args, kind, last_good, e)
         self.names.update(result.names)
-        if result.fault == "loss":
-            fail(sorted(self.names), *args, "loss", last_good)
-        if result.fault == "gradient":
-            fail(sorted(self.names), *args,
-                 f"gradient of {', '.join(map(repr, result.bad[:6]))} with a finite loss",
-                 last_good)  # fmt: skip
-        if result.fault == "parameter":
-            raise TrainingError(
-                f"the update at {where(epoch, step)} made {', '.join(map(repr, result.bad[:6]))} "
-                f"non-finite though the loss and gradient were finite (the step overflowed)"
-                f"{kept(last_good)}. Lower the learning rate or set clip_norm=..."
-            )
+        if result.fault is not None:
+            fail(sorted(self.names), *args, result.fault, last_good, bad=result.bad)
         return result
