@@ -67,6 +67,7 @@ def test_the_same_seed_gives_the_same_run_whatever_the_caller_drew(path):
     assert all(torch.equal(params_1[k], params_2[k]) for k in params_1)
 
 
+@pytest.mark.slow
 def test_two_fresh_processes_agree(tmp_path):
     outs = []
     for caller in (1, 2):

@@ -21,9 +21,11 @@ is then all-reduced with ``torch.distributed.all_reduce``, in the order of the p
 names (never a Python set, whose order is that of memory addresses, different in every
 process): averaged when the model scales each batch up to the data set (each rank's loss then
 estimates the whole ELBO), summed when it does not (each rank's loss is a part of the batch's
-sum). The reported ELBO is reduced the same way, so it equals the one-process value whatever
-the model's scaling; a running-average baseline is kept per rank and the history records the
-mean over ranks, which is the one-process value (the average is linear).
+sum; a global latent's prior then enters once per rank, as in one process it enters once per
+batch: scale the likelihood by ``N / B`` for such models). The reported ELBO is reduced the
+same way, so it equals the one-process value whatever the model's scaling; a running-average
+baseline is kept per rank and the history records the mean over ranks, which is the
+one-process value (the average is linear).
 
 Random numbers: every rank starts from the same ``seed``, so a global latent (one draw per
 step, the weights of a Bayesian network) is the same draw on every rank and ``W`` processes
