@@ -194,16 +194,20 @@ def train_bnn(job: BNNJob) -> dict:
     metrics["diagnostics"] = _diagnostics(bnn, xtr, ytr, out / "diagnostics")
     metrics["files"] = {k: str(v) for k, v in files.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _report(metrics, "HMC" if hmc else job.guide, name, out)
+    return metrics
+
+
+def _report(metrics: dict, how: str, name: str, out: Path) -> None:
+    """The run's scores, the HMC mixing check, and where the files are."""
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("test_", "cover", "ece"))}
-    how = "HMC" if hmc else job.guide
     print(f"BayesianMLP ({how}) on {name}: {shown}, {metrics['seconds']:.1f} s training")
-    if hmc:
+    if how == "HMC":
         median, worst = metrics["rhat_function_median"], metrics["rhat_function_max"]
         print(f"R-hat of the network's output at the training inputs: {median:.3f} (median), "
               f"{worst:.3f} (max)")  # fmt: skip
     written = ", ".join(sorted(Path(v).name for v in metrics["files"].values()))
     print(f"wrote {out}/: metrics.json, {written}, diagnostics/")
-    return metrics
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, name: str, seed: int):
