@@ -102,6 +102,10 @@ def _finish(metrics, job, history, log_px, seconds, files, out) -> dict:
     return metrics
 
 
+def _quiet(_message: str) -> None:
+    """``--quiet``: no routing plan or resume message either."""
+
+
 def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **options):
     """Train ``net.model``/``net.guide`` with the job's settings; returns the history, the
     training seconds and the test images on the device (RNG reseeded for scoring)."""
@@ -119,6 +123,7 @@ def _fit(net, job: ImageJob, train: ImageData, test: ImageData, out: Path, **opt
         checkpoint_dir=out,
         resume=job.resume,
         progress=job.progress,
+        log=print if job.progress else _quiet,
         **options,
     )
     seconds = time.perf_counter() - t
