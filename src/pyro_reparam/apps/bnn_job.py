@@ -66,6 +66,11 @@ def toy_gap(n: int = 160, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_table(source: str, target: str | None = None):
     """(x, y, task, name) for a named data set or a user's CSV/NPZ file."""
+    if target is not None and source in ("diabetes", "digits", "toy"):
+        raise ValueError(
+            f"--target {target!r}: the built-in data set {source} has its own target; --target "
+            "names a column of a .csv file or an array of a .npz file"
+        )
     if source == "diabetes":
         from sklearn.datasets import load_diabetes
 
