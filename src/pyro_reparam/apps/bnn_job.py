@@ -299,7 +299,9 @@ def _bands(bnn, x, y, path):
     ax.axvspan(-1, 1, color="grey", alpha=0.1)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.set_title("BNN posterior predictive: wider where there are no data")
+    gap, near = (g > -1) & (g < 1), ((g > 1) & (g < 3)) | ((g > -3) & (g < -1))
+    ratio = (p["std"][torch.as_tensor(gap)].mean() / p["std"][torch.as_tensor(near)].mean()).item()
+    ax.set_title(f"BNN posterior predictive: std in the gap / near the data = {ratio:.2f}")
     ax.legend(fontsize=8, loc="upper left")
     return save_figure(fig, path)
 
