@@ -27,3 +27,5 @@ from pyro_reparam.estimators.local_reparam import LocalReparameterization
 __all__ += ["Flipout", "LocalReparameterization"]
 from pyro_reparam.estimators.vimco import VIMCO_ELBO  # noqa: E402, I001
 __all__ += ["VIMCO_ELBO"]
+from pyro_reparam.estimators.dreg import DReG_ELBO  # noqa: E402, I001
+__all__ += ["DReG_ELBO"]
