@@ -20,6 +20,7 @@ BENCHMARKS = {
     "bnn_exact": "benchmarks.bnn_exact",
     "vae_route_kl": "benchmarks.vae_route_kl",
     "hmc_vs_nuts": "benchmarks.hmc_vs_nuts",
+    "iwae_dreg_snr": "benchmarks.iwae_dreg_snr",
 }
 
 
