@@ -41,7 +41,7 @@ def test_npz_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no array 'lbl' for the labels.*--label-key"):
         load_npz(tmp_path / "xy.npz", label_key="lbl")
     (tmp_path / "noise.npz").write_bytes(np.random.default_rng(1).bytes(256))
-    with pytest.raises(ValueError, match="not a readable .npz archive"):
+    with pytest.raises(ValueError, match=r"not a readable \.npz archive"):
         load_npz(tmp_path / "noise.npz")
     np.savez(tmp_path / "range.npz", images=np.full((2, 4, 4), 3.0))
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):

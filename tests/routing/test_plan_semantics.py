@@ -251,8 +251,10 @@ def test_linear_layer_estimators_are_routed_to_the_sites_they_act_on():
     x, y = torch.randn(64, 3), torch.randn(64, 2)
     plain = pr.route(_layer_model, _layer_guide, x, y)
     local = pr.route(_layer_model, _layer_guide, x, y, linear="local")
-    assert local["w"].variance_reduction == local["b"].variance_reduction == (
-        "local reparameterization"
+    assert (
+        local["w"].variance_reduction
+        == local["b"].variance_reduction
+        == ("local reparameterization")
     )
     assert local["s"].variance_reduction == "-"  # not a layer weight
     assert "linear layers: local" in str(local) and local.elbo_class == plain.elbo_class
@@ -270,5 +272,5 @@ def test_linear_layer_estimators_are_routed_to_the_sites_they_act_on():
 
 
 def test_linear_estimator_without_a_linear_layer_is_refused():
-    with pytest.raises(pr.RoutingError, match="no F.linear call of the model takes a Normal"):
+    with pytest.raises(pr.RoutingError, match=r"no F\.linear call of the model takes a Normal"):
         pr.route(mixed_model, mixed_guide, linear="local")

@@ -26,10 +26,14 @@ from pyro_reparam.estimators.local_reparam import LocalReparameterization
 
 __all__ += ["Flipout", "LocalReparameterization"]
 from pyro_reparam.estimators.vimco import VIMCO_ELBO  # noqa: E402, I001
+
 __all__ += ["VIMCO_ELBO"]
 from pyro_reparam.estimators.dreg import DReG_ELBO  # noqa: E402, I001
+
 __all__ += ["DReG_ELBO"]
 from pyro_reparam.estimators.stl import STL_ELBO  # noqa: E402, I001
+
 __all__ += ["STL_ELBO"]
 from pyro_reparam.estimators.disarm import DisARM_ELBO  # noqa: E402, I001
+
 __all__ += ["DisARM_ELBO"]
