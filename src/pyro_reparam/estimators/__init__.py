@@ -1,4 +1,6 @@
-"""Gradient estimators Pyro lacks: score-function ELBOs with per-datum-safe baselines."""
+"""Gradient estimators as objects: the score-function ELBO and its baselines, the linear-layer
+handlers (local reparameterization, Flipout), and the multi-sample and low-variance ELBOs
+(VIMCO, DReG, sticking the landing, DisARM)."""
 
 from pyro_reparam.estimators.baselines import (
     Baseline,
@@ -8,32 +10,27 @@ from pyro_reparam.estimators.baselines import (
     NeuralBaseline,
     NoBaseline,
 )
+from pyro_reparam.estimators.disarm import DisARM_ELBO
+from pyro_reparam.estimators.dreg import DReG_ELBO
+from pyro_reparam.estimators.flipout import Flipout
+from pyro_reparam.estimators.local_reparam import LocalReparameterization
 from pyro_reparam.estimators.score_elbo import BASELINES, ScoreFunctionELBO
+from pyro_reparam.estimators.stl import STL_ELBO
+from pyro_reparam.estimators.vimco import VIMCO_ELBO
 
 __all__ = [
     "BASELINES",
+    "STL_ELBO",
+    "VIMCO_ELBO",
     "Baseline",
     "BaselineValue",
+    "DReG_ELBO",
     "DecayingAverage",
+    "DisARM_ELBO",
+    "Flipout",
     "LeaveOneOut",
+    "LocalReparameterization",
     "NeuralBaseline",
     "NoBaseline",
     "ScoreFunctionELBO",
 ]
-
-from pyro_reparam.estimators.flipout import Flipout
-from pyro_reparam.estimators.local_reparam import LocalReparameterization
-
-__all__ += ["Flipout", "LocalReparameterization"]
-from pyro_reparam.estimators.vimco import VIMCO_ELBO  # noqa: E402, I001
-
-__all__ += ["VIMCO_ELBO"]
-from pyro_reparam.estimators.dreg import DReG_ELBO  # noqa: E402, I001
-
-__all__ += ["DReG_ELBO"]
-from pyro_reparam.estimators.stl import STL_ELBO  # noqa: E402, I001
-
-__all__ += ["STL_ELBO"]
-from pyro_reparam.estimators.disarm import DisARM_ELBO  # noqa: E402, I001
-
-__all__ += ["DisARM_ELBO"]
