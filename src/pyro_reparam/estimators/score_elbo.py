@@ -24,9 +24,8 @@ import torch
 from pyro.distributions import TorchDistribution
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero
-from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_backward, torch_item
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.ops.provenance import (
     detach_provenance,
     extract_provenance,
@@ -46,6 +45,7 @@ from pyro_reparam.estimators.baselines import (
     check_beta,
     make_baseline,
 )
+from pyro_reparam.estimators.surrogate import SurrogateELBO
 from pyro_reparam.families import Kind, reparam_kind
 
 BASELINES = ("decaying", "loo", "nn", "none")
@@ -120,7 +120,7 @@ def downstream_costs(model_trace, guide_trace) -> dict[str, torch.Tensor]:
     }
 
 
-class ScoreFunctionELBO(ELBO):
+class ScoreFunctionELBO(SurrogateELBO):
     """ELBO whose score-function terms are Rao-Blackwellized and baselined per site.
 
     :param int num_particles: particles per step (a positive integer).
@@ -227,23 +227,6 @@ class ScoreFunctionELBO(ELBO):
         loss = -elbo
         warn_if_nan(loss, "loss")
         return loss
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Estimate the negative ELBO and backpropagate the surrogate (when it has a gradient)."""
-        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-        torch_backward(surrogate, retain_graph=self.retain_graph)
-        loss = torch_item(loss)
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """The negative ELBO estimate as a tensor whose gradient is the surrogate's."""
-        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-        if not torch.is_tensor(loss):
-            loss = torch.tensor(float(loss))
-        if torch.is_tensor(surrogate) and surrogate.requires_grad:
-            return loss.detach() + (surrogate - surrogate.detach())
-        return loss.detach()
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         elbo, surrogate = 0.0, 0.0

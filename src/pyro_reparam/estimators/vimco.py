@@ -51,16 +51,16 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero
-from pyro.infer import ELBO
 from pyro.infer.util import (
     get_dependent_plate_dims,
     is_validation_enabled,
-    torch_backward,
     torch_item,
 )
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
+
+from pyro_reparam.estimators.surrogate import SurrogateELBO
 
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -147,7 +147,7 @@ def is_score_site(site) -> bool:
     return not is_identically_zero(site["score_parts"].score_function)
 
 
-class ImportanceWeightedELBO(ELBO):
+class ImportanceWeightedELBO(SurrogateELBO):
     """Base of the importance-weighted ELBOs: vectorized particles, per-datum log-weights.
 
     Subclasses implement :meth:`_surrogate` (the surrogate ELBO, summed, whose gradient is the
@@ -266,20 +266,6 @@ class ImportanceWeightedELBO(ELBO):
             loss = -torch_item(self._bound(log_w, scale))
         warn_if_nan(loss, "loss")
         return loss
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-        torch_backward(surrogate, retain_graph=self.retain_graph)
-        loss = torch_item(loss)
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """The negative bound estimate as a tensor whose gradient is the surrogate's."""
-        loss, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
-        if torch.is_tensor(surrogate) and surrogate.requires_grad:
-            return loss.detach() + (surrogate - surrogate.detach())
-        return loss.detach()
 
     def _loss_and_surrogate_loss(self, model, guide, args, kwargs):
         return self._estimate(model, guide, args, kwargs)
