@@ -2,6 +2,8 @@ import pyro
 import pytest
 import torch
 
+from pyro_reparam import families
+
 
 def pytest_configure(config):
     """One torch thread per test process: the suite runs one process per core (pytest -n auto),
@@ -24,9 +26,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro():
-    """Each test starts with an empty param store, a fixed seed and validation on."""
+    """Each test starts with an empty param store, a fixed seed, validation on and the family
+    registry as the package declares it: a family a test declares is gone after it."""
+    registry, delegates = dict(families._REGISTRY), dict(families._DELEGATES)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+    families._REGISTRY.clear()
+    families._REGISTRY.update(registry)
+    families._DELEGATES.clear()
+    families._DELEGATES.update(delegates)
