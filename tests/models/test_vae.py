@@ -9,6 +9,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_reparam as pr
 from pyro_reparam.apps.cli import main
+from pyro_reparam.estimators import DReG_ELBO
 from pyro_reparam.models import VAE, Autoencoder
 
 
@@ -18,7 +19,12 @@ def _x(n=20):
 
 @pytest.mark.parametrize(
     ("kwargs", "elbo_type"),
-    [({}, TraceMeanField_ELBO), ({"kl": "mc"}, Trace_ELBO), ({"iwae_particles": 4}, RenyiELBO)],
+    [
+        ({}, TraceMeanField_ELBO),
+        ({"kl": "mc"}, Trace_ELBO),
+        ({"iwae_particles": 4}, DReG_ELBO),
+        ({"iwae_particles": 4, "iwae_gradient": "plain"}, RenyiELBO),
+    ],
 )
 def test_elbo_choice_routes_pathwise_and_trains(kwargs, elbo_type):
     vae = VAE(64, 3, hidden=(16,), **kwargs)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch import nn
 
 from pyro_reparam.models.likelihoods import (
@@ -19,6 +19,7 @@ from pyro_reparam.models.likelihoods import (
 from pyro_reparam.models.nets import check_rows, mlp
 
 KL_ESTIMATORS = ("analytic", "mc")
+IWAE_GRADIENTS = ("dreg", "plain")
 
 
 class _Coder(nn.Module):
@@ -101,6 +102,9 @@ class VAE(_Decoding):
         ``Trace_ELBO``); ignored when ``iwae_particles`` is set.
     :param iwae_particles: train the importance-weighted bound with K particles (Burda et al.
         2016; Pyro's ``RenyiELBO`` with alpha = 0).
+    :param iwae_gradient: the gradient estimator of that bound (the bound itself is the same):
+        ``"dreg"`` (default; doubly reparameterized encoder gradient, Tucker et al. 2019, whose
+        signal-to-noise ratio does not decay with K) or ``"plain"`` (the IWAE gradient).
     :param conv: convolutional encoder/decoder for images of ``image_shape`` (H, W divisible by 4).
     """
 
@@ -114,6 +118,7 @@ class VAE(_Decoding):
         likelihood: str = "continuous_bernoulli",
         kl: str = "analytic",
         iwae_particles: int | None = None,
+        iwae_gradient: str = "dreg",
         conv: bool = False,
         image_shape: tuple[int, int] | None = None,
         name: str = "vae",
@@ -123,31 +128,55 @@ class VAE(_Decoding):
             raise ValueError(f"VAE: kl must be one of {KL_ESTIMATORS}, got {kl!r}")
         if iwae_particles is not None and iwae_particles < 2:
             raise ValueError(f"VAE: iwae_particles must be >= 2, got {iwae_particles}")
+        if iwae_gradient not in IWAE_GRADIENTS:
+            raise ValueError(
+                f"VAE: iwae_gradient must be one of {IWAE_GRADIENTS}, got {iwae_gradient!r}"
+            )
         self.x_dim, self.latent_dim = int(x_dim), int(latent_dim)
         self.likelihood = check_likelihood(likelihood)
         self.kl_estimator, self.iwae_particles, self.name = kl, iwae_particles, name
+        self.iwae_gradient = iwae_gradient
         coder = _Coder(self.x_dim, self.latent_dim, tuple(hidden), activation, image_shape, conv)
         self.encoder, self.decoder = coder.encoder, coder.decoder
         self.log_sigma = nn.Parameter(torch.full((self.x_dim,), -2.0))
 
-    def elbo(self, num_particles: int = 1) -> ELBO:
-        """The Pyro ELBO this VAE was configured for (plate nesting 1, vectorized particles)."""
-        opts = {"max_plate_nesting": 1, "vectorize_particles": True}
-        if self.iwae_particles:
-            return RenyiELBO(alpha=0.0, num_particles=self.iwae_particles, **opts)
-        cls = TraceMeanField_ELBO if self.kl_estimator == "analytic" else Trace_ELBO
-        return cls(num_particles=num_particles, **opts)
+    def elbo(self, num_particles: int = 1, *, traced: bool = False) -> ELBO:
+        """The ELBO this VAE was configured for (plate nesting 1, vectorized particles).
+
+        Default: the fast one (:mod:`~pyro_reparam.models.vae_elbo`), a subclass of the Pyro
+        ELBO below that computes the same loss and gradients straight from the networks when
+        handed this VAE's own :meth:`model`/:meth:`guide`, and is that Pyro ELBO otherwise.
+        ``traced=True``: the Pyro ELBO itself (``TraceMeanField_ELBO`` for ``kl="analytic"``,
+        ``Trace_ELBO`` for ``"mc"``, ``RenyiELBO(alpha=0)`` / ``DReG_ELBO`` for IWAE).
+        ``num_particles`` is ignored with ``iwae_particles`` (K is the bound's)."""
+        from pyro_reparam.models.vae_elbo import vae_elbo
+
+        return vae_elbo(self, num_particles, traced=traced)
+
+    def register_guide_params(self) -> None:
+        """The guide's ``pyro.module`` call (the fast ELBO makes the same one)."""
+        pyro.module(f"{self.name}.encoder", self.encoder)
+
+    def register_model_params(self) -> None:
+        """The model's ``pyro.module`` / ``pyro.param`` calls (the fast ELBO makes the same)."""
+        pyro.module(f"{self.name}.decoder", self.decoder)
+        if self.likelihood == "gaussian":
+            pyro.param(f"{self.name}.log_sigma", self.log_sigma)
 
     def prior(self, batch_shape=()) -> dist.Distribution:
         zeros = self.log_sigma.new_zeros((*batch_shape, self.latent_dim))
         return dist.Normal(zeros, 1.0).to_event(1)
 
+    def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu(x), sigma(x))`` of ``q(z | x)``, each ``(B, d)``; ``sigma = softplus + 1e-4``."""
+        h = self.encoder(x)
+        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim :]
+        return loc, nn.functional.softplus(raw) + 1e-4
+
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         """``q(z | x)`` with batch shape ``x.shape[:-1]``."""
         check_rows(x, self.x_dim, "VAE")
-        h = self.encoder(x)
-        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim :]
-        return dist.Normal(loc, nn.functional.softplus(raw) + 1e-4).to_event(1)
+        return dist.Normal(*self.posterior_params(x)).to_event(1)
 
     def likelihood_given(self, z: torch.Tensor) -> dist.Distribution:
         out = _decode_batched(self.decoder, z)
@@ -155,15 +184,13 @@ class VAE(_Decoding):
 
     def model(self, x: torch.Tensor) -> None:
         check_rows(x, self.x_dim, "VAE")
-        pyro.module(f"{self.name}.decoder", self.decoder)
-        if self.likelihood == "gaussian":
-            pyro.param(f"{self.name}.log_sigma", self.log_sigma)
+        self.register_model_params()
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x.shape[:1]))
             pyro.sample("x", self.likelihood_given(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        pyro.module(f"{self.name}.encoder", self.encoder)
+        self.register_guide_params()
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior(x))
 
