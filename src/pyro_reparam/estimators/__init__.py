@@ -1,7 +1,8 @@
 """Gradient estimators as objects: the score-function ELBO and its baselines, the linear-layer
 handlers (local reparameterization, Flipout), and the multi-sample and low-variance ELBOs
-(VIMCO, DReG, sticking the landing, DisARM)."""
+(VIMCO, DReG, sticking the landing, DisARM, ARMS)."""
 
+from pyro_reparam.estimators.arms import ARMS_ELBO
 from pyro_reparam.estimators.baselines import (
     Baseline,
     BaselineValue,
@@ -19,6 +20,7 @@ from pyro_reparam.estimators.stl import STL_ELBO
 from pyro_reparam.estimators.vimco import VIMCO_ELBO
 
 __all__ = [
+    "ARMS_ELBO",
     "BASELINES",
     "STL_ELBO",
     "VIMCO_ELBO",
