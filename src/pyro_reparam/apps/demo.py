@@ -70,7 +70,9 @@ def run_demo(out: str = "runs/demo", device: str = "cpu", quick: bool = False) -
         model,
         guide,
         {
-            "Trace_ELBO (bare score)": Trace_ELBO(num_particles=4, vectorize_particles=True),
+            "Trace_ELBO (bare score)": Trace_ELBO(
+                num_particles=4, vectorize_particles=True, max_plate_nesting=1
+            ),
             "routed (leave-one-out, 4)": plan.elbo(),
         },
         x,
@@ -80,7 +82,11 @@ def run_demo(out: str = "runs/demo", device: str = "cpu", quick: bool = False) -
     pyro_baseline = compare_estimators(
         model,
         lambda x: guide(x, baseline=True),
-        {"TraceGraph + decaying avg": TraceGraph_ELBO(num_particles=4, vectorize_particles=True)},
+        {
+            "TraceGraph + decaying avg": TraceGraph_ELBO(
+                num_particles=4, vectorize_particles=True, max_plate_nesting=1
+            )
+        },
         x,
         evaluations=evaluations,
         params=["flag_logits"],
