@@ -26,9 +26,29 @@ each particle is a draw from ``q``; their other randomness is independent, which
 ``E[f(b, z) | b, \tilde b] = F(b)``). ``f`` is per datum when the model has an independent data
 plate (as in :mod:`.vimco`), so a datum's Bernoulli coordinates get only that datum's signal.
 
-Scope: non-reparameterized guide sites must be ``Bernoulli`` (or ``Independent(Bernoulli)``)
-whose logits are the same for both members of a pair, i.e. do not depend on other latents drawn
-per particle (no Bernoulli site downstream of a sampled value); other cases raise.
+**Categorical sites** (``Categorical`` or ``OneHotCategorical``, possibly ``Independent``; Dong,
+Mnih & Tucker 2021, "Coupled gradient estimators for discrete latent variables"): a
+``C``-category variable with logits ``\alpha`` is written by stick breaking as ``C - 1``
+independent binary decisions ``d_k \sim Bernoulli(\sigma(\theta_k))``,
+
+.. math:: \theta_k = \alpha_k - \log\sum_{j > k} e^{\alpha_j},\qquad
+          z = \min\{k : d_k = 1\}\ (C - 1\ \text{when none}),
+
+so that ``P(z = k) = \sigma(\theta_k)\prod_{j<k}(1 - \sigma(\theta_j)) = \mathrm{softmax}(
+\alpha)_k``: ``z`` is a deterministic function of a factorized Bernoulli vector, and the
+multivariate DisARM estimator above on the decisions, ``\hat g_{\theta_k}``, is unbiased for
+``\nabla_\theta E[f]``; the chain rule through ``\theta(\alpha)`` (autograd on the
+surrogate ``\sum_k \hat g_{\theta_k}\theta_k(\alpha)``) gives the logits' gradient. A decision
+that neither member of the pair reaches (both stopped earlier) leaves ``f(b) - f(\tilde b)``
+unchanged, and the DisARM weight averages to zero over its uniform: its term is dropped
+(Rao-Blackwellized). The categories are taken in order of decreasing probability (per row;
+the order depends on ``\alpha`` only, so the construction stays exact), so the first
+decisions carry most of the mass.
+
+Scope: non-reparameterized guide sites must be ``Bernoulli``, ``Categorical`` or
+``OneHotCategorical`` (or ``Independent`` of them) whose logits are the same for both members
+of a pair, i.e. do not depend on other latents drawn per particle (no such site downstream of a
+sampled value); other cases raise.
 """
 
 from __future__ import annotations
@@ -51,6 +71,41 @@ def _bernoulli(fn):
     return None, 0
 
 
+def _categorical(fn):
+    """``(categorical, event_dims)`` when ``fn`` is a (possibly Independent) Categorical or
+    OneHotCategorical; ``event_dims`` counts the Independent dims only."""
+    event = 0
+    while isinstance(fn, dist.Independent):
+        event += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    if isinstance(fn, (dist.Categorical, dist.OneHotCategorical)):
+        return fn, event
+    return None, 0
+
+
+def _order(logits: torch.Tensor) -> torch.Tensor:
+    """The categories by decreasing probability (per row): the stick-breaking order."""
+    return logits.detach().argsort(-1, descending=True)
+
+
+def stick_breaking_logits(logits: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """``theta_k = alpha_k - logsumexp(alpha_{>k})`` for ``k < C - 1`` (categories taken in
+    ``order``): the logits of the binary decisions "stop at the k-th category" of the
+    stick-breaking construction."""
+    if order is not None:
+        logits = logits.gather(-1, order)
+    tail = torch.logcumsumexp(logits.flip(-1), -1).flip(-1)  # logsumexp(alpha_{>=k})
+    return logits[..., :-1] - tail[..., 1:]
+
+
+def first_stop(decisions: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """The category of each row of stick-breaking decisions: the first ``k`` with ``d_k = 1``,
+    ``C - 1`` when there is none (mapped through ``order`` when given)."""
+    stop = torch.cat([decisions, torch.ones_like(decisions[..., :1])], -1)
+    k = stop.to(torch.uint8).argmax(-1)
+    return k if order is None else order.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+
+
 class _AntitheticPairs(Messenger):
     """Samples every Bernoulli guide site as antithetic pairs along the particle dim."""
 
@@ -58,15 +113,19 @@ class _AntitheticPairs(Messenger):
         super().__init__()
         self.nesting, self.pairs = nesting, pairs
         self.sites: dict[str, int] = {}  # site -> index of the particle dim in its value
+        self.decisions: dict[str, tuple] = {}  # categorical site -> (d, d~) stick decisions
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["done"] or msg["value"] is not None:
             return
         bern, event = _bernoulli(msg["fn"])
-        if bern is None:
+        cat, _ = _categorical(msg["fn"]) if bern is None else (None, 0)
+        if bern is None and cat is None:
             return
-        logits = bern.logits
-        batch = logits.dim() - event - len(bern.event_shape)
+        if cat is not None:
+            event = _categorical(msg["fn"])[1] + 1
+        logits = (bern if cat is None else cat).logits
+        batch = logits.dim() - event
         if batch < self.nesting or logits.shape[batch - self.nesting] != 2 * self.pairs:
             raise ValueError(
                 f"DisARM_ELBO: site {msg['name']!r} is not in the particle plate as expected"
@@ -80,9 +139,18 @@ class _AntitheticPairs(Messenger):
                 "Bernoulli sites whose logits do not depend on sampled values are supported"
             )
         with torch.no_grad():
-            p = torch.sigmoid(first)
+            order = None if cat is None else _order(first)
+            p = torch.sigmoid(first if cat is None else stick_breaking_logits(first, order))
             u = torch.rand_like(p)
-            value = torch.cat([(u < p), (1 - u < p)], pd).to(logits.dtype)
+            d, d_anti = u < p, 1 - u < p
+            if cat is None:
+                value = torch.cat([d, d_anti], pd).to(logits.dtype)
+            else:
+                self.decisions[msg["name"]] = (d, d_anti)
+                value = torch.cat([first_stop(d, order), first_stop(d_anti, order)], pd)
+                if isinstance(cat, dist.OneHotCategorical):
+                    value = torch.nn.functional.one_hot(value, logits.shape[-1])
+                    value = value.to(logits.dtype)
         msg["value"] = value
         msg["done"] = True
         self.sites[msg["name"]] = pd
@@ -122,7 +190,7 @@ class DisARM_ELBO(ImportanceWeightedELBO):
             if site["type"] == "sample" and is_score_site(site) and name not in pairs.sites:
                 raise ValueError(
                     f"DisARM_ELBO: guide site {name!r} ({type(site['fn']).__name__}) is neither "
-                    "reparameterized nor Bernoulli"
+                    "reparameterized nor Bernoulli / Categorical / OneHotCategorical"
                 )
         log_w = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
@@ -140,6 +208,9 @@ class DisARM_ELBO(ImportanceWeightedELBO):
         p = self.num_pairs
         for name, pd in pairs.sites.items():
             site = guide_trace.nodes[name]
+            if name in pairs.decisions:
+                total = total + _categorical_term(site, pd, p, f, pairs.decisions[name])
+                continue
             bern, event = _bernoulli(site["fn"])
             logits = bern.logits.narrow(pd, 0, p)
             value = site["value"]
@@ -150,6 +221,21 @@ class DisARM_ELBO(ImportanceWeightedELBO):
         if scale is not None:
             total = total * scale
         return -elbo, -total
+
+
+def _categorical_term(site, pd, p, f, decisions):
+    """The surrogate of a categorical site: DisARM on its stick-breaking decisions, chained
+    through ``theta(alpha)``."""
+    cat, event = _categorical(site["fn"])
+    logits = cat.logits.narrow(pd, 0, p)
+    theta = stick_breaking_logits(logits, _order(logits))
+    d, d_anti = (t.to(theta.dtype) for t in decisions)
+    k = torch.arange(theta.shape[-1], device=theta.device)
+    reached = (k <= first_stop(d).unsqueeze(-1)) | (k <= first_stop(d_anti).unsqueeze(-1))
+    df = _align(f[:p] - f[p:], theta.dim() - event - 1, event + 1)
+    weight = (1 - 2 * d_anti) * (d != d_anti) * reached * torch.sigmoid(theta.abs())
+    coef = 0.5 * df * weight
+    return (coef.detach() * theta).sum() / p
 
 
 def _align(f: torch.Tensor, batch_dims: int, event_dims: int) -> torch.Tensor:
