@@ -2,6 +2,8 @@
 ESS only where chains compare, a PPC for the kind of data, a labelled k-hat figure, a short
 printed summary, and every figure under 2,000 px a side."""
 
+import warnings
+
 import arviz as az
 import numpy as np
 import pytest
@@ -97,6 +99,17 @@ def test_the_printed_summary_is_short_and_names_counts():
     assert len(text.splitlines()) <= 12
     assert text.startswith("510 scalars in 2 sites; 1 VI fit of 200 draws")
     assert "PSIS-LOO: elpd" in text and "observations with k-hat > 0.7" in text
+
+
+def test_high_loo_khat_is_said_once_in_the_text_not_warned_by_arviz_too():
+    dt = _tree(1, 200)
+    ll = dt.log_likelihood["y"].values  # a view: heavy-tailed weights for 5 observations
+    ll[..., :5] = RNG.standard_cauchy(size=ll[..., :5].shape) * 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        text = diagnose(dt)["text"]
+    bad = int(text.split("; ")[-1].split(" of ")[0])
+    assert bad >= 1 and "observations with k-hat > 0.7" in text
 
 
 def test_ppc_is_class_frequencies_for_labels_and_a_density_otherwise():

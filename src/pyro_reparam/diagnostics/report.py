@@ -4,6 +4,7 @@ enough to read at a glance, with the full tables in files."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def diagnose(dt, out: str | Path | None = None, var_names: Sequence[str] | None 
         "num_chains": post.chains,
     }
     if "log_likelihood" in dt.children:
-        report["loo"] = az.loo(dt, pointwise=True)
+        with warnings.catch_warnings():  # the text counts the observations with high k-hat
+            warnings.filterwarnings("ignore", "Estimated shape parameter of Pareto", UserWarning)
+            report["loo"] = az.loo(dt, pointwise=True)
     report["text"] = _text(post, k, report.get("loo"))
     if out is None:
         return report
