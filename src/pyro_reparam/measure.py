@@ -218,3 +218,75 @@ def format_comparison(results: Mapping[str, GradientStats]) -> str:
         for name, s in results.items()
     ]
     return format_table(header, rows, rule=True)
+
+
+@dataclass
+class PilotStats:
+    """A short measurement of one estimator: ``tr Cov`` of its gradient with a standard error,
+    and its cost per draw in model evaluations and seconds."""
+
+    trace_cov: float
+    trace_cov_se: float
+    evaluations_per_draw: int
+    seconds_per_draw: float
+    num_draws: int
+
+    @property
+    def variance_per_evaluation(self) -> float:
+        """``tr Cov x evaluations``: the variance of a mean over one model evaluation's worth of
+        draws (lower is better at an equal evaluation budget)."""
+        return self.trace_cov * self.evaluations_per_draw
+
+    @property
+    def variance_per_evaluation_se(self) -> float:
+        return self.trace_cov_se * self.evaluations_per_draw
+
+    @property
+    def variance_per_second(self) -> float:
+        return self.trace_cov * self.seconds_per_draw
+
+
+def pilot_variance(
+    model: Callable,
+    guide: Callable,
+    elbo: ELBO,
+    *args,
+    num_draws: int = 30,
+    params: Iterable[str] | str | Callable[[str], bool] | None = None,
+    batches: Iterable[tuple] | None = None,
+    **kwargs,
+) -> PilotStats:
+    """``num_draws`` gradients of ``elbo`` at the current parameters: ``tr Cov`` and its
+    standard error (``tr Cov`` is the mean of ``|g_i - mean g|^2 n / (n - 1)``; its standard
+    error the standard deviation of those terms over ``sqrt(n)``), and the cost per draw."""
+    import time
+
+    if num_draws < 3:
+        raise ValueError(f"pilot_variance: num_draws must be >= 3, got {num_draws}")
+    next_args = _argument_stream(batches, args)
+    keep = _selector(params)
+    rows, seconds = [], 0.0
+    for _ in range(num_draws):
+        call_args = next_args()
+        start = time.perf_counter()
+        with poutine.trace(param_only=True) as tape:
+            elbo.loss_and_grads(model, guide, *call_args, **kwargs)
+        seconds += time.perf_counter() - start
+        flat = []
+        for name, site in sorted(tape.trace.nodes.items()):
+            p = site["value"].unconstrained()
+            if keep(name):
+                g = torch.zeros_like(p) if p.grad is None else p.grad
+                flat.append(g.detach().double().flatten())
+            p.grad = None
+        rows.append(torch.cat(flat) if flat else torch.zeros(1, dtype=torch.float64))
+    g = torch.stack(rows)
+    n = g.shape[0]
+    terms = (g - g.mean(0)).pow(2).sum(1) * n / (n - 1)
+    return PilotStats(
+        terms.mean().item(),
+        (terms.std() / math.sqrt(n)).item(),
+        int(getattr(elbo, "num_particles", 1)),
+        seconds / n,
+        n,
+    )

@@ -21,11 +21,12 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_reparam.distributions import ScoreFunction
-from pyro_reparam.estimators import BASELINES, ScoreFunctionELBO
+from pyro_reparam.estimators import ARMS_ELBO, BASELINES, DisARM_ELBO, ScoreFunctionELBO
 from pyro_reparam.families import reparam_info
 from pyro_reparam.routing.plan import RoutingPlan
 from pyro_reparam.routing.rules import RoutingError, estimator_for
 
+SCORE_ELBOS = ("ScoreFunctionELBO", "DisARM_ELBO", "ARMS_ELBO")
 _FIXED = ("num_particles", "vectorize_particles", "max_plate_nesting")
 
 
@@ -45,6 +46,14 @@ def build_elbo(plan: RoutingPlan, **kwargs) -> RoutedELBO:
     kwargs.update(fixed)
     if plan.elbo_class == "TraceEnum_ELBO":
         inner = TraceEnum_ELBO(**kwargs)
+    elif plan.elbo_class == "DisARM_ELBO":
+        inner = DisARM_ELBO(
+            num_pairs=plan.num_particles // 2, max_plate_nesting=plan.max_plate_nesting
+        )
+    elif plan.elbo_class == "ARMS_ELBO":
+        inner = ARMS_ELBO(
+            num_particles=plan.num_particles, max_plate_nesting=plan.max_plate_nesting
+        )
     elif plan.elbo_class == "ScoreFunctionELBO":
         site_baselines = {
             n: s.variance_reduction
@@ -76,7 +85,7 @@ class _ApplyRoute(Messenger):
     def __init__(self, plan: RoutingPlan):
         super().__init__()
         self.plan = plan
-        self.score_ok = plan.elbo_class == "ScoreFunctionELBO" or plan.baseline == "none"
+        self.score_ok = plan.elbo_class in SCORE_ELBOS or plan.baseline == "none"
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):

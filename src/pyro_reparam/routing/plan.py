@@ -26,6 +26,8 @@ VARIANCE_REDUCTION = {
     "nn": "input-dependent neural baseline from the site's infer dict",
     "value": "the baseline_value from the site's infer dict",
     "none": "bare score function (no baseline)",
+    "disarm": "DisARM: {k} particles as antithetic pairs",
+    "arms": "ARMS: {k} Dirichlet-copula draws",
 }
 
 
@@ -73,6 +75,7 @@ class RoutingPlan:
     :ivar max_plate_nesting: plate dims of the model and guide, without the particle dim.
     :ivar baseline: the baseline of score-function sites not listed in ``sites``.
     :ivar linear: ``"local"`` or ``"flipout"`` when a linear-layer estimator wraps the ELBO.
+    :ivar selection: with ``route(select="measure")``, the pilot's figures per candidate.
     """
 
     sites: dict[str, SiteRoute]
@@ -84,6 +87,7 @@ class RoutingPlan:
     rule: RoutingRule
     linear: str | None = None
     notes: list[str] = field(default_factory=list)
+    selection: list[dict] | None = None
 
     def __getitem__(self, name: str) -> SiteRoute:
         return self.sites[name]
@@ -128,6 +132,25 @@ class RoutingPlan:
             for s in self.sites.values()
         ]
         lines = [format_table(header, rows, rule=True), self.describe_elbo()]
+        if self.selection:
+            lines.append("measured pilot (select='measure'):")
+            lines.append(
+                format_table(
+                    ("candidate", "evals", "draws", "tr Cov", "tr Cov x evals", "ms/draw"),
+                    [
+                        (
+                            r["estimator"] + (" (chosen)" if r["chosen"] else ""),
+                            r["evaluations"],
+                            r["draws"],
+                            f"{r['trace_cov']:.4g} +- {r['trace_cov_se']:.2g}",
+                            f"{r['variance_x_evaluations']:.4g}",
+                            f"{r['ms_per_draw']:.1f}",
+                        )
+                        for r in self.selection
+                    ],
+                    rule=True,
+                )
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

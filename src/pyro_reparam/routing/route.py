@@ -43,6 +43,7 @@ from pyro_reparam.routing.rules import (
     requested_estimator,
     support_size,
 )
+from pyro_reparam.routing.select import SELECTIONS, select_by_measurement
 
 DEFAULT_SCORE_PARTICLES = 4
 LINEAR_WHY = {
@@ -87,6 +88,9 @@ def route(
     linear: str | None = None,
     max_plate_nesting: int | None = None,
     check: bool = True,
+    select: str = "rule",
+    pilot_draws: int = 30,
+    pilot_batches=None,
     **kwargs,
 ) -> RoutingPlan:
     """Trace ``guide(*args, **kwargs)`` and choose an estimator for every latent site.
@@ -110,6 +114,13 @@ def route(
     :param max_plate_nesting: plate dims of the model; default: read from the traces.
     :param check: run the chosen ELBO once on ``args``; an automatic choice that fails there is
         replaced by the next one (said in the plan's notes), a requested one raises.
+    :param select: ``"rule"`` (default: the cheap deterministic rule above) or ``"measure"``:
+        for score-function sites, draw ``pilot_draws`` gradients of each unbiased candidate
+        at equal model evaluations (leave-one-out, DisARM, ARMS, as the sites allow) at the
+        current parameters and keep the lowest variance per evaluation; the plan's table
+        shows the figures (:mod:`pyro_reparam.routing.select`). ``pilot_batches``: an
+        iterable of argument tuples (e.g. shuffled minibatches) to measure on instead of
+        ``args``.
 
     Planning leaves the caller's random number streams as they were.
     """
@@ -124,10 +135,29 @@ def route(
         max_plate_nesting,
     )
     _check_request_options(request)
+    if select not in SELECTIONS:
+        raise RoutingError(
+            f"route: select={select!r} is not a choice; use one of "
+            + ", ".join(repr(a) for a in SELECTIONS)
+        )
+    if select == "measure":
+        positive_int(pilot_draws, "pilot_draws")
+        if pilot_draws < 3:
+            raise RoutingError(f"route: pilot_draws must be >= 3, got {pilot_draws}")
     with _rng_untouched():
         plan = _plan(model, guide, args, kwargs, request)
         if check:
             plan = _checked(plan, model, guide, args, kwargs, request)
+        if select == "measure":
+            plan = select_by_measurement(
+                plan,
+                model,
+                guide,
+                args,
+                kwargs,
+                pilot_draws=pilot_draws,
+                pilot_batches=pilot_batches,
+            )
     return plan
 
 
