@@ -7,12 +7,14 @@ from pyro import poutine
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_reparam.estimators import DReG_ELBO
-from pyro_reparam.models import VAE
+from pyro_reparam.models import VAE, Autoencoder
+from pyro_reparam.models.likelihoods import pixel_distribution
 from pyro_reparam.models.vae_elbo import (
     VAEIWAE_ELBO,
     VAEDReG_ELBO,
     VAEMeanFieldELBO,
     VAETraceELBO,
+    in_support,
 )
 from pyro_reparam.train import fit
 
@@ -186,14 +188,35 @@ def test_validation_speaks_through_the_traced_elbo(spy):
     elbo = vae.elbo()
     with pytest.raises(ValueError, match="support"):
         elbo.loss_and_grads(vae.model, vae.guide, x)
-    assert spy == []
+    assert spy == ["analytic"]  # computed, its support check read with the loss, handed on
     with pyro.validation_enabled(False):
         fast = _step(vae, elbo, x, 1)
         traced = _step(vae, vae.elbo(traced=True), x, 1)
-    assert spy == ["analytic"]
+    assert spy == ["analytic"] * 2
     _assert_same(fast, traced)
     with pytest.raises(ValueError, match="rows of 64"):
         elbo.loss(vae.model, vae.guide, x[:, :10])
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "pixel", "refused"),
+    [("bernoulli", v, True) for v in (0.5, 1 - 2**-24, 2**-30, 2.0, -1.0, float("nan"))]
+    + [("bernoulli", v, False) for v in (0.0, -0.0, 1.0)]
+    + [("continuous_bernoulli", v, True) for v in (1 + 2**-23, -(2**-30), float("nan"))]
+    + [("continuous_bernoulli", v, False) for v in (0.0, 1.0, 0.3)],
+)
+def test_support_check_is_pyros(likelihood, pixel, refused):
+    """One pixel decides: the fast check refuses exactly what Pyro's validation refuses."""
+    vae, x = _vae(likelihood), _data(likelihood)
+    x[3, 17] = pixel
+    traced = vae.elbo(traced=True)
+    pyro_refuses = False
+    try:
+        traced.loss(vae.model, vae.guide, x)
+    except ValueError:
+        pyro_refuses = True
+    assert pyro_refuses == refused
+    assert bool(in_support(likelihood, x)) == (not refused)
 
 
 def test_nonfinite_loss_is_diagnosed_by_pyro(spy):
@@ -212,3 +235,19 @@ def test_options_are_checked():
         VAE(64, 2).elbo(0)
     with pytest.raises(TypeError, match="vae must be a pyro_reparam VAE"):
         VAEMeanFieldELBO(object())
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_autoencoder_loss_is_the_pixel_likelihood(likelihood):
+    torch.manual_seed(0)
+    ae, x = Autoencoder(64, 3, hidden=(16,), likelihood=likelihood), _data(likelihood)
+    out = ae.decoder(ae.encode(x))
+    expected = -pixel_distribution(likelihood, out, ae.log_sigma).log_prob(x).sum()
+    torch.testing.assert_close(ae.loss(x), expected)
+    if likelihood != "gaussian":
+        bad = x.clone()
+        bad[0, 0] = 1.5
+        with pytest.raises(ValueError, match=r"likelihood=.* needs x"):
+            ae.loss(bad)
+        with pytest.raises(ValueError, match=r"Autoencoder\.fit: likelihood"):
+            ae.fit(bad, epochs=1)

@@ -231,18 +231,28 @@ class Autoencoder(_Decoding):
         vae = VAE(x_dim, latent_dim, **kwargs)
         self.likelihood, self.latent_dim = vae.likelihood, latent_dim
         self.encoder, self.decoder, self.log_sigma = vae.encoder, vae.decoder, vae.log_sigma
+        self.x_dim = vae.x_dim
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[..., : self.latent_dim]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Summed negative log-likelihood of the batch."""
-        out = _decode_batched(self.decoder, self.encode(x))
-        return -pixel_distribution(self.likelihood, out, self.log_sigma).log_prob(x).sum()
+        """Summed negative log-likelihood of the batch (``x`` checked against the support)."""
+        check_rows(x, self.x_dim, "Autoencoder")
+        _check_support(self.likelihood, x, "Autoencoder.loss")
+        return self._nll(x)
+
+    def _nll(self, x: torch.Tensor) -> torch.Tensor:
+        from pyro_reparam.models.vae_estimators import pixel_log_prob
+
+        return -pixel_log_prob(self, self.encode(x), x).sum()
 
     def fit(self, x: torch.Tensor, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,
             seed: int = 0) -> list[float]:  # fmt: skip
-        """Adam on shuffled minibatches; returns the per-datum loss of each epoch."""
+        """Adam on shuffled minibatches; returns the per-datum loss of each epoch. ``x`` is
+        checked once, here, not at every step."""
+        check_rows(x, self.x_dim, "Autoencoder")
+        _check_support(self.likelihood, x, "Autoencoder.fit")
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed)
         losses = []
@@ -250,10 +260,24 @@ class Autoencoder(_Decoding):
             perm = torch.randperm(len(x), generator=g).to(x.device)
             total = 0.0
             for i in range(0, len(x), batch_size):
-                loss = self.loss(x[perm[i : i + batch_size]])
+                loss = self._nll(x[perm[i : i + batch_size]])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item()
             losses.append(total / len(x))
         return losses
+
+
+def _check_support(likelihood: str, x: torch.Tensor, who: str) -> None:
+    from pyro_reparam.models.vae_elbo import in_support
+
+    ok = in_support(likelihood, x)
+    if ok is not None and not bool(ok):
+        need = "binary (0 or 1)" if likelihood == "bernoulli" else "in [0, 1]"
+        raise ValueError(
+            f"{who}: likelihood={likelihood!r} needs x {need}, but x has values in "
+            f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (or NaN); "
+            + ("binarize it (x > 0.5)" if likelihood == "bernoulli" else "rescale it")
+            + " or use likelihood='gaussian'"
+        )

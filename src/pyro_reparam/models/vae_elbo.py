@@ -26,7 +26,6 @@ from pyro.infer.util import is_validation_enabled, torch_backward, torch_item
 from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.util import warn_if_nan
-from torch.distributions import constraints
 
 from pyro_reparam.estimators import DReG_ELBO
 from pyro_reparam.models import vae_estimators as est
@@ -35,7 +34,6 @@ from pyro_reparam.models.vae import VAE
 
 Estimate = Callable[[VAE, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
-_SUPPORT = {"bernoulli": constraints.boolean, "continuous_bernoulli": constraints.unit_interval}
 _WRITTEN_BY_VAE = (
     "model",
     "guide",
@@ -85,44 +83,46 @@ class _FastVAE:
             and _only_param_captures()
         )
 
-    def _fast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(loss, surrogate)`` of one step, or ``None`` where Pyro's validation should speak
-        (data outside the support; checked only with validation on)."""
+    def _fast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(loss, surrogate, loss value)`` of one step, or ``None`` where Pyro's validation
+        should speak (on: data outside the support, or a non-finite loss)."""
         vae = self.vae
         check_rows(x, vae.x_dim, "VAE")
-        support = _SUPPORT.get(vae.likelihood)
-        if support is not None and is_validation_enabled() and not bool(support.check(x).all()):
-            return None
+        checked = is_validation_enabled()
+        ok = in_support(vae.likelihood, x) if checked else None  # read with the loss: one sync
         vae.register_guide_params()
         vae.register_model_params()
-        return type(self).estimate(vae, x, self.num_particles)
+        loss, surrogate = type(self).estimate(vae, x, self.num_particles)
+        value = torch_item(loss)
+        if checked and not (math.isfinite(value) and (ok is None or bool(ok))):
+            return None
+        warn_if_nan(value, "loss")
+        return loss, surrogate, value
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO estimate (no gradients)."""
         if self._own(model, guide, args, kwargs):
             with torch.no_grad():
-                pair = self._fast(args[0])
-            if pair is not None and _finite_or_unchecked(value := torch_item(pair[0])):
-                warn_if_nan(value, "loss")
-                return value
+                step = self._fast(args[0])
+            if step is not None:
+                return step[2]
         return super().loss(model, guide, *args, **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO estimate; backpropagates the surrogate."""
         if self._own(model, guide, args, kwargs):
-            pair = self._fast(args[0])
-            if pair is not None and _finite_or_unchecked(value := torch_item(pair[0])):
-                torch_backward(pair[1], retain_graph=self.retain_graph)
-                warn_if_nan(value, "loss")
-                return value
+            step = self._fast(args[0])
+            if step is not None:
+                torch_backward(step[1], retain_graph=self.retain_graph)
+                return step[2]
         return super().loss_and_grads(model, guide, *args, **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """A tensor valued as the loss estimate whose gradient is the surrogate's."""
         if self._own(model, guide, args, kwargs):
-            pair = self._fast(args[0])
-            if pair is not None and _finite_or_unchecked(torch_item(pair[0])):
-                loss, surrogate = pair
+            step = self._fast(args[0])
+            if step is not None:
+                loss, surrogate, _ = step
                 return loss.detach() + (surrogate - surrogate.detach())
         traced = getattr(super(), "differentiable_loss", None)
         if traced is None:
@@ -133,9 +133,17 @@ class _FastVAE:
         return traced(model, guide, *args, **kwargs)
 
 
-def _finite_or_unchecked(value: float) -> bool:
-    """A non-finite loss goes to the traced ELBO when validation can say why."""
-    return math.isfinite(value) or not is_validation_enabled()
+def in_support(likelihood: str, x: torch.Tensor) -> torch.Tensor | None:
+    """Whether every pixel lies in the likelihood's support, as a 0-dim bool tensor (``None``:
+    nothing to check). Pyro's own checks, exactly, in two passes: ``x`` in {0, 1} iff
+    ``x - x^2`` is zero everywhere (NaN and inf give NaN); in [0, 1] iff ``min >= 0, max <= 1``."""
+    if likelihood == "gaussian" or x.numel() == 0:
+        return None  # real support: a NaN shows as a non-finite loss
+    if likelihood == "bernoulli":
+        lo, hi = torch.aminmax(torch.addcmul(x, x, x, value=-1))
+        return (lo == 0) & (hi == 0)
+    lo, hi = torch.aminmax(x)
+    return (lo >= 0) & (hi <= 1)
 
 
 def _pyro_base(elbo) -> str:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from pyro_reparam.models.vae import _decode_batched
 
 if TYPE_CHECKING:
-    from pyro_reparam.models.vae import VAE
+    from pyro_reparam.models.vae import VAE, Autoencoder
 
 _HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -38,8 +38,9 @@ def normal_log_prob(value: torch.Tensor, loc, scale) -> torch.Tensor:
     return -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
 
 
-def pixel_log_prob(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x | z)`` summed over pixels, shape ``z.shape[:-1]`` (``VAE.likelihood_given``)."""
+def pixel_log_prob(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | z)`` summed over pixels, shape ``z.shape[:-1]``: ``VAE.likelihood_given``'s
+    log-density, unvalidated (the callers check ``x``)."""
     out = _decode_batched(vae.decoder, z)
     if vae.likelihood == "bernoulli":
         lp = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
