@@ -21,6 +21,8 @@ BENCHMARKS = {
     "vae_route_kl": "benchmarks.vae_route_kl",
     "hmc_vs_nuts": "benchmarks.hmc_vs_nuts",
     "iwae_dreg_snr": "benchmarks.iwae_dreg_snr",
+    "sbn_train": "benchmarks.sbn_train",
+    "vae_speed": "benchmarks.vae_speed",
 }
 
 

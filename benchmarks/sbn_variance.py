@@ -187,6 +187,29 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         )
     text = format_table(["estimator", "K", "draws", "tr Cov", "rel. var", "cos"], rows)
     log(text)
+    unbiased4 = {
+        n: t["relative_variance"]
+        for n, t in table.items()
+        if t["particles"] == 4 and "biased" not in n and "Trace" not in n
+    }
+    best4 = min(unbiased4, key=unbiased4.get)
+    best_ratio = unbiased4[best4] / table["routed default: LOO (K=4)"]["relative_variance"]
+    measured = pr.route(
+        vae.model,
+        vae.guide,
+        x[:BATCH],
+        select="measure",
+        pilot_draws=10 if quick else 30,
+        pilot_batches=_batches(x, torch.Generator().manual_seed(4)),
+    )
+    log(str(measured))
+    picked = {
+        "loo": "routed default: LOO (K=4)",
+        "disarm": "DisARM (2 pairs)",
+        "arms": "ARMS (n=4)",
+    }
+    chosen = picked[next(r["estimator"] for r in measured.selection if r["chosen"])]
+    log(f"select='measure' picks {chosen}; the full benchmark's best at 4 evaluations: {best4}")
     checks = last_batch_check(vae, x)
     for name, verdict in checks.items():
         log(f"smaller last batch, {name}: {verdict}")
@@ -199,17 +222,12 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         <= table[f"TraceGraph + decaying (K={k})"]["relative_variance"]
         for k in (2, 4, 8)
     }
-    unbiased4 = {
-        n: t["relative_variance"]
-        for n, t in table.items()
-        if t["particles"] == 4 and "biased" not in n and "Trace" not in n
-    }
-    best4 = min(unbiased4, key=unbiased4.get)
-    best_ratio = unbiased4[best4] / table["routed default: LOO (K=4)"]["relative_variance"]
     summary = {
         "quick": quick,
         "best_unbiased_at_4_evaluations": best4,
         "best_over_routed_at_4_evaluations": best_ratio,
+        "select_measure_picks": chosen,
+        "select_measure_pilot": measured.selection,
         "training": history,
         "final_kl_per_image": kl,
         "estimators": table,
@@ -229,6 +247,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         f"routed / TraceGraph+decaying at K=4: {ratio:.3f}\n\n"
         f"best unbiased at 4 evaluations per draw: {best4}, relative variance "
         f"{unbiased4[best4]:.3g} = {best_ratio:.3f} of the routed default's\n\n"
+        f"route(select='measure') on shuffled minibatches picks {chosen}:\n\n```\n"
+        f"{str(measured).split(chr(10) + 'measured pilot')[-1].strip()}\n```\n\n"
         + "\n".join(f"- smaller last batch, {k}: {v}" for k, v in checks.items())
         + "\n",
     )
