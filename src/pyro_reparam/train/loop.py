@@ -38,6 +38,7 @@ from pyro_reparam.train import state as st
 from pyro_reparam.train.batches import Batches
 from pyro_reparam.train.distributed import Distributed, together
 from pyro_reparam.train.faults import TrainingError, error_kind, fail, kept, where
+from pyro_reparam.train.fused import FusedStep
 from pyro_reparam.train.history import History, baseline_state
 from pyro_reparam.train.interrupt import Interrupt
 from pyro_reparam.train.lock import FolderLock
@@ -171,6 +172,11 @@ class _Run:
     stop_agreed: bool = False
     """Whether the ranks agreed on a Ctrl-C at the last step (data parallel)."""
     interrupt_saved: bool = False
+    stepper: FusedStep | None = None
+    """``optim`` stepping all of a step's parameters in one call (:mod:`~.fused`)."""
+
+    def __post_init__(self) -> None:
+        self.stepper = FusedStep(self.optim)
 
     @classmethod
     def setup(cls, model, guide, data, *, elbo, optim, batch_size, device, seed, val_data,
@@ -381,7 +387,7 @@ class _Run:
         names, last_good = sorted(self.names), self.history.checkpoint
         args = (self.model, self.guide, batch, epoch, step)
         try:
-            result = svi_step(self.elbo, self.optim, self.model, self.guide, batch,
+            result = svi_step(self.elbo, self.stepper, self.model, self.guide, batch,
                               self.clip_norm, self.dist, self.full_data,
                               self.interrupt.requested)  # fmt: skip
         except ValueError as e:  # Pyro's validation of distribution parameters and values

@@ -1,7 +1,13 @@
 """One SVI step of :func:`~pyro_reparam.train.fit`: exactly Pyro's ``SVI.step``
 (``elbo.loss_and_grads`` on the batch, then the optimizer on the parameters the step touched),
 with the parameters in the order of their names, finiteness checks of the loss, the gradients
-(optionally clipped) and the updated parameters, and the data-parallel reduction."""
+(optionally clipped) and the updated parameters, and the data-parallel reduction.
+
+Per-step costs kept small (``benchmarks/fit_overhead.py``): each finiteness check is one fused
+max-abs over all tensors and one device sync (the names are looked up only on failure); the
+optimizer steps all parameters in one call (:mod:`~pyro_reparam.train.fused`); gradients are
+reset to ``None`` rather than to fresh zeros; an ELBO that knows its parameters
+(``step_params()``, :func:`direct_params`) is not traced for them."""
 
 from __future__ import annotations
 
@@ -12,7 +18,6 @@ import pyro.poutine as poutine
 import torch
 from pyro import infer
 from pyro.infer import ELBO
-from pyro.infer.util import zero_grads
 
 from pyro_reparam.train.distributed import Distributed
 from pyro_reparam.train.faults import TrainingError, nonfinite
@@ -35,14 +40,18 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
              dist: Distributed | None, average: bool, interrupted: bool) -> Step:  # fmt: skip
     """One step; under ``dist`` the ranks agree on its outcome (see
     :mod:`~pyro_reparam.train.distributed`); ``average``: how their gradients combine."""
+    named = direct_params(elbo)
     try:
-        with poutine.trace(param_only=True) as tape:
+        if named is None:
+            with poutine.trace(param_only=True) as tape:
+                loss = float(elbo.loss_and_grads(model, guide, *batch))
+            named = params_by_name(tape.trace)
+        else:
             loss = float(elbo.loss_and_grads(model, guide, *batch))
     except Exception:
         if dist is not None:  # tell the other ranks, which would wait for this one
             dist.exchange(math.nan, ["failed"], interrupted, failed=True)
         raise
-    named = params_by_name(tape.trace)
     names = tuple(n for n, _ in named)
     grads = [(n, p) for n, p in named if p.grad is not None]
     try:
@@ -55,16 +64,32 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
             return Step(loss, names, "loss", interrupted=interrupted)
         if dist is not None:
             dist.reduce_grads([p for _, p in grads], average)
-        bad = nonfinite([(n, p.grad) for n, p in grads])
-        if bad:
+        if not all_finite([p.grad for _, p in grads]):
+            bad = nonfinite([(n, p.grad) for n, p in grads])
             return Step(loss, names, "gradient", tuple(bad), interrupted)
         if clip_norm is not None and grads:
             torch.nn.utils.clip_grad_norm_([p for _, p in grads], clip_norm)
-        optim([p for _, p in named])
+        params = [p for _, p in named]
+        optim(params)
+        if all_finite([p.detach() for p in params]):
+            return Step(loss, names, None, (), interrupted)
         bad = nonfinite([(n, p.detach()) for n, p in named])
-        return Step(loss, names, "parameter" if bad else None, tuple(bad), interrupted)
+        return Step(loss, names, "parameter", tuple(bad), interrupted)
     finally:
-        zero_grads([p for _, p in named])
+        for _, p in named:  # as SVI's zero_grads, without allocating zeros
+            p.grad = None
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no tensor holds NaN or inf: one fused max-abs over all of them and one device
+    sync (a NaN propagates through the max, an inf is the max)."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    peaks = torch._foreach_norm(tensors, float("inf"))
+    if len({p.dtype for p in peaks}) > 1:
+        peaks = [p.double() for p in peaks]
+    return bool(torch.stack(peaks).isfinite().all())
 
 
 def _check_ranks(info, loss: float, names: tuple[str, ...]) -> None:
@@ -85,6 +110,14 @@ def _check_ranks(info, loss: float, names: tuple[str, ...]) -> None:
             f"rank {bad[0]} had a non-finite loss at this step (its own error says where); "
             "this rank stopped with it"
         )
+
+
+def direct_params(elbo: ELBO) -> list[tuple[str, torch.Tensor]] | None:
+    """``elbo.step_params()`` for an ELBO that knows the parameters of its steps (the ready
+    models' direct ELBOs: :class:`~pyro_reparam.models.bnn.elbo.BayesianMLPELBO`), so the step
+    needs no param trace; ``None``: trace it, as ``SVI.step`` does."""
+    get = getattr(elbo, "step_params", None)
+    return get() if callable(get) else None
 
 
 def params_by_name(trace) -> list[tuple[str, torch.Tensor]]:
