@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
+from torch.distributions.utils import _standard_normal
 
 from pyro_reparam.estimators import Flipout, LocalReparameterization
 from pyro_reparam.estimators.flipout import flipout_linear
@@ -81,17 +84,26 @@ def traced_elbo(estimator: str, num_particles: int = 1) -> HandledTraceMeanField
     return HandledTraceMeanField_ELBO(HANDLERS[estimator], num_particles=num_particles)
 
 
-def log_likelihood_draw(bnn: BayesianMLP, x, y, estimator: str) -> torch.Tensor:
+def log_likelihood_draw(bnn: BayesianMLP, x, y, estimator: str, q=None) -> torch.Tensor:
     """One differentiable draw of ``sum_batch log p(y | x, W)``, the likelihood term as
-    ``estimator`` estimates it. Weight sampling draws every layer's ``(W, b)`` first, in the
-    guide's order, so that with one seed it sees the guide's draws."""
+    ``estimator`` estimates it (``q``: each layer's ``bnn._q_params(l)``, when computed
+    already). Weight sampling draws every layer's ``(W, b)`` first, in the guide's order, so
+    that with one seed it sees the guide's draws."""
     layers = range(len(bnn.sizes) - 1)
+    q = [bnn._q_params(l) for l in layers] if q is None else q
     if estimator == "meanfield":
-        f = bnn._forward(x, [tuple(q.rsample() for q in bnn._q(l)) for l in layers])
+        draws = [(_normal_draw(p["weight_loc"], p["weight_scale"]),
+                  _normal_draw(p["bias_loc"], p["bias_scale"])) for p in q]  # fmt: skip
+        f = bnn._forward(x, draws)
     else:
         op = _LAYER_OPS[estimator]
-        f = bnn._network(x, [partial(op, **bnn._q_params(l)) for l in layers])
-    return bnn._likelihood(bnn._mean_output(f)).log_prob(y).sum()
+        f = bnn._network(x, [partial(op, **p) for p in q])
+    return bnn._likelihood(bnn._mean_output(f), validate=False).log_prob(y).sum()
+
+
+def _normal_draw(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``Normal(loc, scale).rsample()``: the same draw from the global RNG, the same value."""
+    return loc + _standard_normal(loc.shape, dtype=loc.dtype, device=loc.device) * scale
 
 
 class BayesianMLPELBO(TraceMeanField_ELBO):
@@ -117,6 +129,7 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
     ):
         super().__init__(num_particles=num_particles)
         self.bnn, self.num_data = bnn, num_data
+        self._names = None
         self.estimator = bnn.guide_kind if estimator is None else estimator
         if self.estimator not in HANDLERS:
             raise ValueError(
@@ -128,11 +141,36 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         num_data = self.num_data if num_data is None else num_data
         if y is None:
             raise ValueError("BayesianMLPELBO: the ELBO needs the observed targets y")
-        pyro.module(self.bnn.name, self.bnn)  # SVI collects the parameters from here
+        if _PYRO_STACK or self.step_params() is None:
+            pyro.module(self.bnn.name, self.bnn)  # SVI collects the parameters from here
         scale = 1.0 if num_data is None else num_data / x.shape[0]
-        k = self.num_particles
-        log_lik = sum(log_likelihood_draw(self.bnn, x, y, self.estimator) for _ in range(k))
-        return self.bnn._kl() - scale * log_lik / k
+        bnn, k = self.bnn, self.num_particles
+        q = [bnn._q_params(l) for l in range(len(bnn.sizes) - 1)]  # once for KL and draws
+        kl = bnn._kl(q)
+        log_lik = log_likelihood_draw(bnn, x, y, self.estimator, q)
+        for _ in range(k - 1):
+            log_lik = log_lik + log_likelihood_draw(bnn, x, y, self.estimator, q)
+        return kl - (scale / k) * log_lik
+
+    def step_params(self) -> list[tuple[str, torch.Tensor]] | None:
+        """The parameters a step trains, ``(param-store name, tensor)`` in name order, when the
+        param store holds the network's parameters under ``pyro.module``'s names (``None``
+        before that). :func:`pyro_reparam.train.fit` steps with these instead of tracing the
+        step for its parameters; the step then registers nothing (it calls ``pyro.module``
+        only under a Pyro handler, as ``pyro.infer.SVI`` runs it, or while the store lacks
+        them). A parameter with ``requires_grad=False`` is not trained, as for ``pyro.module``."""
+        names = self._names
+        if names is None or names[0] is not self.bnn:
+            prefix = self.bnn.name + _MODULE_NAMESPACE_DIVIDER
+            named = sorted((prefix + n, p) for n, p in self.bnn.named_parameters()
+                           if p.requires_grad)  # fmt: skip
+            names = self._names = (self.bnn, named)
+        store = pyro.get_param_store()
+        for name, p in names[1]:
+            if store.param_name(p) != name or not p.requires_grad:
+                self._names = None
+                return None
+        return names[1]
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self._differentiable_loss(*args, **kwargs)

@@ -26,11 +26,12 @@ class FittingMixin:
         xs, ys, device = self._prepare(x, y, fit_kwargs.pop("device", None))
         n = xs.shape[0]
 
+        stream = torch.Generator(device=device)  # the terms' own: training draws are untouched
+
         def terms(epoch, record):
-            devices = [device] if device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices):
-                torch.manual_seed(seed * 1_000_003 + epoch)
-                record["expected_log_likelihood"] = self._expected_log_lik(xs, ys, 8)
+            stream.manual_seed(seed * 1_000_003 + epoch)
+            with torch.no_grad():
+                record["expected_log_likelihood"] = self._expected_log_lik(xs, ys, 8, stream)
                 record["kl"] = self.kl()
 
         model = lambda x, y: self.model(x, y, num_data=n)  # noqa: E731

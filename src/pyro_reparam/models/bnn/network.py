@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -235,19 +236,24 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
         """Drop the output dim of a network with a single output (``(..., B, 1) -> (..., B)``)."""
         return h.squeeze(-1) if self.out_features == 1 and self.noise == "homoscedastic" else h
 
-    def _likelihood(self, f):
+    def _likelihood(self, f, validate: bool | None = None):
+        """``p(y | f)``; ``validate=False``: a regression likelihood without Pyro's argument
+        and value checks (its loc is a network output, its scale positive by construction,
+        and its support all reals: the direct ELBO's per-step checks that only a NaN would
+        fail, which the loss then shows). Classification is always validated (labels)."""
         if self.task == "classification":
             return dist.Categorical(logits=f)
+        checks = {} if validate is not False else {"validate_args": False}
         if self.noise == "heteroscedastic":
             loc = f[..., : self.out_features]
             scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
             if self.out_features == 1:
-                return dist.Normal(loc.squeeze(-1), scale.squeeze(-1))
-            return dist.Normal(loc, scale).to_event(1)
+                return dist.Normal(loc.squeeze(-1), scale.squeeze(-1), **checks)
+            return dist.Normal(loc, scale, **checks).to_event(1)
         noise = self.log_noise.exp()
-        return (
-            dist.Normal(f, noise) if self.out_features == 1 else dist.Normal(f, noise).to_event(1)
-        )
+        if self.out_features == 1:
+            return dist.Normal(f, noise, **checks)
+        return dist.Normal(f, noise, **checks).to_event(1)
 
     def _unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Flat parameter vectors ``(S, P)`` -> ``(W (S, out, in), b (S, out))`` per layer (the
@@ -266,15 +272,25 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
         """``KL(q(W) || p(W))`` in nats (closed form)."""
         return float(self._kl())
 
-    def _kl(self) -> torch.Tensor:
-        """Differentiable closed-form KL, summed over every weight and bias."""
-        self._check_prior()
+    def _kl(self, q: Sequence[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        """Differentiable closed-form KL, summed over every weight and bias; ``q``: each
+        layer's :meth:`_q_params` when the caller has them already."""
+        q = [self._q_params(l) for l in range(len(self.sizes) - 1)] if q is None else q
         total = 0.0
-        for l, (s_w, s_b) in enumerate(self.prior_scales):
-            p = self._q_params(l)
+        for p, (s_w, s_b) in zip(q, self._prior_floats(), strict=True):
             total = total + _kl_normal(p["weight_loc"], p["weight_scale"], s_w)
             total = total + _kl_normal(p["bias_loc"], p["bias_scale"], s_b)
         return total
+
+    def _prior_floats(self) -> list[list[float]]:
+        """:attr:`prior_scales` as Python floats (one host read per change of the buffer, not
+        per step; refused while ``prior="nngp"`` has not seen the data)."""
+        buf = self.prior_scales
+        cached = getattr(self, "_prior_cache", None)
+        if cached is None or cached[0]() is not buf or cached[1] != buf._version:
+            self._check_prior()
+            cached = self._prior_cache = (weakref.ref(buf), buf._version, buf.tolist())
+        return cached[2]
 
 
 def _kl_normal(loc: torch.Tensor, scale: torch.Tensor, prior_scale: float) -> torch.Tensor:

@@ -66,7 +66,20 @@ class PredictionMixin:
         """``p(y | x, W_s)`` for ``num_samples`` weight draws, batch shape ``(S, B)``."""
         return self._likelihood(self._mean_output(self.function_samples(xs, num_samples)))
 
-    def _expected_log_lik(self, xs, ys, num_samples: int) -> float:
-        """``E_q[sum_i log p(y_i | x_i, W)]`` by Monte Carlo."""
-        lp = self._predictive_likelihood(xs, num_samples).log_prob(ys)
+    def _expected_log_lik(self, xs, ys, num_samples: int, generator=None) -> float:
+        """``E_q[sum_i log p(y_i | x_i, W)]`` by Monte Carlo under the guide, its weight draws
+        from ``generator`` (default: the global RNG)."""
+        if generator is None:
+            lp = self._predictive_likelihood(xs, num_samples).log_prob(ys)
+        else:
+            draws = []
+            for l in range(len(self.sizes) - 1):
+                p = self._q_params(l)
+                draws.append(tuple(
+                    loc + scale * torch.randn((num_samples, *loc.shape), generator=generator,
+                                              dtype=loc.dtype, device=loc.device)
+                    for loc, scale in ((p["weight_loc"], p["weight_scale"]),
+                                       (p["bias_loc"], p["bias_scale"]))))  # fmt: skip
+            f = self._mean_output(self._forward(xs, draws))
+            lp = self._likelihood(f).log_prob(ys)
         return lp.sum().item() / num_samples
