@@ -121,12 +121,9 @@ class DiscreteVAE(nn.Module):
 
     # -- Pyro model and guide ------------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
-        check_rows(x, self.x_dim, "DiscreteVAE")
         """``p(x, z)`` over a batch ``x`` of shape ``(B, x_dim)``."""
-        pyro.module(f"{self.name}.decoder", self.decoder)
-        pyro.param(f"{self.name}.prior_logits", self.prior_logits)
-        if self.likelihood == "gaussian":
-            pyro.param(f"{self.name}.log_sigma", self.log_sigma)
+        check_rows(x, self.x_dim, "DiscreteVAE")
+        self._register_model()
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self._model_prior(x.shape[0]))
             if self.estimator == "enumerate":  # an index (Bernoulli) or a one-hot (L = 1)
@@ -145,9 +142,28 @@ class DiscreteVAE(nn.Module):
             return dist.Categorical(logits=torch.stack([-logit, logit], -1) / 2)
         return dist.OneHotCategorical(logits=base.logits[..., 0, :])
 
+    def _register_model(self) -> None:
+        """The model's parameters in Pyro's param store (what SVI steps)."""
+        pyro.module(f"{self.name}.decoder", self.decoder)
+        pyro.param(f"{self.name}.prior_logits", self.prior_logits)
+        if self.likelihood == "gaussian":
+            pyro.param(f"{self.name}.log_sigma", self.log_sigma)
+
+    def _register_guide(self) -> None:
+        pyro.module(f"{self.name}.encoder", self.encoder)
+
+    def elbo(self, num_particles: int = 4):
+        """The routed default ELBO of ``estimator="score"`` (score function, leave-one-out
+        baselines over ``num_particles`` vectorized particles), computed directly from the
+        module: :class:`~pyro_reparam.models.discrete_vae_elbo.DiscreteVAEELBO`. Other
+        estimators: route the model (``pyro_reparam.route(dvae.model, dvae.guide, x)``)."""
+        from pyro_reparam.models.discrete_vae_elbo import DiscreteVAEELBO
+
+        return DiscreteVAEELBO(self, num_particles=num_particles)
+
     def guide(self, x: torch.Tensor) -> None:
         """``q(z | x)``, sampled as :attr:`estimator` says."""
-        pyro.module(f"{self.name}.encoder", self.encoder)
+        self._register_guide()
         with pyro.plate("data", x.shape[0]):
             if self.estimator == "enumerate":
                 q = self._single(self.posterior(x))
