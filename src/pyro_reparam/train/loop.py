@@ -212,7 +212,7 @@ class _Run:
             elbo = history.plan.elbo()
             say(str(history.plan))
         if jit:
-            elbo = jit_twin(elbo)
+            elbo = jit_twin(elbo, say)
         path = folder / CHECKPOINT_NAME if folder is not None else None
         return cls(
             model, guide, elbo, optim or pyro.optim.Adam({"lr": 1e-3}), batches, val, dist,

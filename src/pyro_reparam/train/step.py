@@ -129,21 +129,84 @@ def params_by_name(trace) -> list[tuple[str, torch.Tensor]]:
     return list(seen.values())
 
 
+class CachedJitTraceMeanField_ELBO(infer.JitTraceMeanField_ELBO):
+    """Pyro 1.9's ``JitTraceMeanField_ELBO`` compiled once: its own cache check looks for an
+    attribute it never sets, so it re-traces and recompiles on every step (about 5x slower
+    than not compiling); this one reuses the compiled loss."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        compiled = getattr(self, "_differentiable_loss", None)
+        if compiled is None:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        kwargs["_pyro_model_id"] = id(model)  # compiled once per model and guide, as Pyro's
+        kwargs["_pyro_guide_id"] = id(guide)
+        return compiled(*args, **kwargs)
+
+
 JIT_TWINS = {
     infer.Trace_ELBO: infer.JitTrace_ELBO,
-    infer.TraceMeanField_ELBO: infer.JitTraceMeanField_ELBO,
+    infer.TraceMeanField_ELBO: CachedJitTraceMeanField_ELBO,
     infer.TraceGraph_ELBO: infer.JitTraceGraph_ELBO,
     infer.TraceEnum_ELBO: infer.JitTraceEnum_ELBO,
 }
 
 
-def jit_twin(elbo: ELBO) -> ELBO:
-    """The TorchScript-compiled twin of ``elbo`` (same particles and plate nesting)."""
+def _jit_routed(twin: ELBO, plan):
+    """A routed ELBO around a compiled ``twin`` that hands it the same routed guide at every
+    step: Pyro's JIT ELBOs compile once per model and guide *object*, and a plain routed ELBO
+    wraps the guide anew at each call (which would recompile at every step)."""
+    from pyro_reparam.routing.build import RoutedELBO
+
+    class JitRoutedELBO(RoutedELBO):
+        _last: tuple | None = None
+
+        def _guide(self, guide):
+            if self._last is None or self._last[0] is not guide:
+                self._last = (guide, super()._guide(guide))
+            return self._last[1]
+
+    return JitRoutedELBO(twin, plan)
+
+
+NO_JIT_NOTE = (
+    "jit=True: {name} has no TorchScript twin, and it is run uncompiled. Its Rao-Blackwellized "
+    "score function finds each site's downstream cost by provenance tracking (a Python tensor "
+    "subclass) and its baselines keep Python-side state updated per step; torch.jit.trace "
+    "records neither (see benchmarks/fit_overhead.py for what torch.compile gives instead)"
+)
+
+
+def jit_twin(elbo: ELBO, say=None) -> ELBO:
+    """The TorchScript-compiled twin of ``elbo`` (same particles and plate nesting).
+
+    Pyro's ``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceGraph_ELBO``, ``TraceEnum_ELBO`` have
+    one (``JitTrace_ELBO``, ...). A routed ELBO (``plan.elbo()``, what ``fit`` builds when
+    ``elbo=None``) keeps its plan, its guide routing and its linear-layer handler around the
+    twin of its inner ELBO. The plugin's score-function ELBOs (``ScoreFunctionELBO``, alone or
+    routed) have none: they are returned as they are and ``say`` is told why (one line).
+    Anything else is refused."""
+    inner = getattr(elbo, "inner", None)
+    plan = getattr(elbo, "plan", None)
+    if isinstance(inner, ELBO) and plan is not None:  # a RoutedELBO
+        from pyro_reparam.routing.build import RoutedELBO
+
+        if isinstance(elbo, RoutedELBO):
+            twin = jit_twin(inner, say)
+            return elbo if twin is inner else _jit_routed(twin, plan)
+    if type(elbo) in JIT_TWINS.values():
+        return elbo
+    from pyro_reparam.estimators import ScoreFunctionELBO
+
+    if isinstance(elbo, ScoreFunctionELBO):
+        if say is not None:
+            say(NO_JIT_NOTE.format(name=type(elbo).__name__))
+        return elbo
     twin = JIT_TWINS.get(type(elbo))
     if twin is None:
         raise ValueError(
-            f"fit: jit=True compiles {', '.join(c.__name__ for c in JIT_TWINS)}; this run's "
-            f"ELBO is {type(elbo).__name__}. Pass one of those as elbo=..., or jit=False"
+            f"fit: jit=True compiles {', '.join(c.__name__ for c in JIT_TWINS)} (and routed "
+            f"ELBOs built on them); this run's ELBO is {type(elbo).__name__}. Pass one of those "
+            "as elbo=..., or jit=False"
         )
     return twin(
         num_particles=elbo.num_particles,
