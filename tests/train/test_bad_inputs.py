@@ -125,7 +125,7 @@ FIT_ROWS = [
     # switches
     row({"progress": "no"}, TypeError, "progress must be True or False", "progress string"),
     row({"jit": 1}, TypeError, "jit must be True or False", "jit int"),
-    row({"jit": True, "elbo": pr.ScoreFunctionELBO()}, ValueError, "jit=True compiles",
+    row({"jit": True, "elbo": pyro.infer.RenyiELBO()}, ValueError, "jit=True compiles",
         "jit with an uncompilable ELBO"),
     row({"distributed": True}, ValueError, "not started by torchrun", "distributed no torchrun"),
     row({"distributed": "auto"}, TypeError, "distributed must be None, True or False",
