@@ -23,6 +23,7 @@ BENCHMARKS = {
     "iwae_dreg_snr": "benchmarks.iwae_dreg_snr",
     "sbn_train": "benchmarks.sbn_train",
     "vae_speed": "benchmarks.vae_speed",
+    "dvae_speed": "benchmarks.dvae_speed",
     "vae_iwae_dreg": "benchmarks.vae_iwae_dreg",
 }
 
