@@ -7,6 +7,8 @@ param store's values, the history's ELBOs and baselines, and the final torch RNG
 models are imported by the tests to run the same jobs in one process.
 """
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from pyro import poutine
 from torch.distributions import constraints
 
 import pyro_reparam as pr
+from pyro_reparam.train.checkpoint import load
 
 N, BATCH = 400, 40
 ODD_N = 403  # the last batch has 3 rows: 2 on rank 0, 1 on rank 1
+SIGTERM_STEP = 13  # epoch 2, step 3 of the 10 steps per epoch (each rank: 20 of 40 rows)
 
 
 def data(n=N):
@@ -84,10 +88,14 @@ TASKS = {
 }
 
 
-def run(task, epochs, ckpt=None, resume=False):
-    """One fit of ``task`` from an empty param store; returns what the tests compare."""
+def run(task, epochs, ckpt=None, resume=False, sigterm_at=None):
+    """One fit of ``task`` from an empty param store; returns what the tests compare.
+    ``sigterm_at``: rank 1 sends itself SIGTERM inside that training step (counted from 1), as
+    torchrun's agent does to its workers on Ctrl-C; rank 0 gets no signal."""
     pyro.clear_param_store()
     model, guide, make_elbo, n = TASKS[task]
+    if sigterm_at is not None:
+        model = _signalled(model, sigterm_at)
     history = pr.fit(model, guide, data(n), elbo=make_elbo(),
                      optim=pyro.optim.Adam({"lr": 0.01}), epochs=epochs, batch_size=BATCH,
                      seed=7, checkpoint_dir=ckpt, resume=resume, progress=False,
@@ -103,10 +111,40 @@ JOBS = {
     "six_resumed": lambda out: (run("six", 2, out / "six_ckpt"), _scramble(),
                                 run("six", 4, out / "six_ckpt", resume=True))[-1],
     "mle": lambda out: run("mle", 2),
+    "six_sigterm": lambda out: _stopped_and_resumed(out / "sigterm_ckpt"),
     "local_full": lambda out: run("local", 3),
     "local_resumed": lambda out: (run("local", 1, out / "local_ckpt"), _scramble(),
                                   run("local", 3, out / "local_ckpt", resume=True))[-1],
 }  # fmt: skip
+
+
+def _signalled(model, at):
+    calls = {"n": 0}
+
+    def signalled(x, y):
+        if torch.is_grad_enabled():  # training steps, not setup
+            calls["n"] += 1
+            if calls["n"] == at and torch.distributed.get_rank() == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return model(x, y)
+
+    return signalled
+
+
+def _stopped_and_resumed(ckpt):
+    """SIGTERM on one rank mid-epoch: both ranks stop after that step with KeyboardInterrupt;
+    the checkpoint's position, then the resumed run's results."""
+    try:
+        run("six", 4, ckpt, sigterm_at=SIGTERM_STEP)
+    except KeyboardInterrupt:
+        stopped = True
+    else:
+        stopped = False
+    torch.distributed.barrier()  # rank 0 writes the checkpoint; rank 1 stops without writing
+    state = load(ckpt / "checkpoint.pt")
+    _scramble()
+    result = run("six", 4, ckpt, resume=True)
+    return {**result, "stopped": stopped, "position": (state["epoch"], state["step"])}
 
 
 def _scramble():

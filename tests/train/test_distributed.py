@@ -82,3 +82,17 @@ def test_a_distributed_resume_equals_the_uninterrupted_run(ranks, task):
         assert torch.equal(full["rng"], resumed["rng"])
     if task == "local":
         assert not torch.equal(ranks["local_full"][0]["rng"], ranks["local_full"][1]["rng"])
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_rank_stops_both_after_the_same_step_and_resumes_exactly(ranks):
+    """torchrun's agent stops its workers with SIGTERM on Ctrl-C (so do SLURM and Kubernetes):
+    the rank that gets it finishes the step, the ranks agree, the checkpoint holds the step it
+    landed in, and the resumed run is the uninterrupted one, bit for bit, on both ranks."""
+    steps = dist_script.N // dist_script.BATCH
+    for rank in (0, 1):
+        got, full = ranks["six_sigterm"][rank], ranks["six_full"][rank]
+        assert got["stopped"]
+        assert got["position"] == divmod(dist_script.SIGTERM_STEP, steps)
+        assert got["elbo"] == full["elbo"]
+        assert _max_diff(got["params"], full["params"]) == 0.0

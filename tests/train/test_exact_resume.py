@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_reparam as pr
 from pyro_reparam.train.checkpoint import load
+from pyro_reparam.train.interrupt import Interrupt
 
 EPOCHS, STEPS = 3, 4  # 32 rows in batches of 8
 
@@ -38,9 +39,10 @@ def _noisy_callback(epoch, record):
     record["np_metric"] = np.float64(epoch) / 2  # a numpy scalar: saved as a float
 
 
-def _fit(folder, epochs=EPOCHS, resume=False, interrupt_at=None, data=None, **kw):
+def _fit(folder, epochs=EPOCHS, resume=False, interrupt_at=None, data=None,
+         signum=signal.SIGINT, **kw):  # fmt: skip
     """A fit from an empty param store, after the caller drew other random numbers;
-    ``interrupt_at``: SIGINT in the middle of that training step (counted from 1)."""
+    ``interrupt_at``: ``signum`` in the middle of that training step (counted from 1)."""
     pyro.clear_param_store()
     torch.manual_seed(99 + int(resume))
     calls = {"n": 0}
@@ -49,7 +51,7 @@ def _fit(folder, epochs=EPOCHS, resume=False, interrupt_at=None, data=None, **kw
         if torch.is_grad_enabled():  # training steps, not setup
             calls["n"] += 1
             if calls["n"] == interrupt_at:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
         return model(x, y)
 
     kw.setdefault("callbacks", [_noisy_callback])
@@ -83,6 +85,22 @@ def test_ctrl_c_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, uninterru
     done = state["epoch"] * STEPS + state["step"]
     assert done == step  # the step it landed in counted, nothing after it
     _assert_same_run(_fit(tmp_path, resume=True), uninterrupted)
+
+
+def test_sigterm_is_deferred_like_ctrl_c_and_a_second_one_acts_at_once(tmp_path, uninterrupted):
+    """SIGTERM (a scheduler's preemption, torchrun's agent stopping its workers) stops after
+    the step it lands in with the checkpoint written; after fit the handler is the old one."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, interrupt_at=STEPS + 1, signum=signal.SIGTERM)
+    state = load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] * STEPS + state["step"] == STEPS + 1
+    assert signal.getsignal(signal.SIGTERM) == before
+    _assert_same_run(_fit(tmp_path, resume=True), uninterrupted)
+    with Interrupt() as interrupt:
+        signal.raise_signal(signal.SIGTERM)
+        assert interrupt.requested and interrupt.signal_name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == before  # the next one is not deferred
 
 
 def test_a_resumed_run_after_a_finished_epoch_is_the_same_run(tmp_path, uninterrupted):

@@ -344,7 +344,8 @@ class _Run:
             return
         self.interrupt_saved = True
         at = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        self.say(f"\ninterrupted; checkpoint {self.path} resumes at {at} with resume=True")
+        by = f" by {self.interrupt.signal_name}" if self.interrupt.signal_name else ""
+        self.say(f"\ninterrupted{by}; checkpoint {self.path} resumes at {at} with resume=True")
         raise KeyboardInterrupt
 
     def _epoch(self, epoch: int, start: rs.Position | None, bar) -> dict:
@@ -389,7 +390,7 @@ class _Run:
         try:
             result = svi_step(self.elbo, self.stepper, self.model, self.guide, batch,
                               self.clip_norm, self.dist, self.full_data,
-                              self.interrupt.requested)  # fmt: skip
+                              lambda: self.interrupt.requested)  # fmt: skip
         except ValueError as e:  # Pyro's validation of distribution parameters and values
             kind = error_kind(e)
             if kind is None:

@@ -12,6 +12,7 @@ reset to ``None`` rather than to fresh zeros; an ELBO that knows its parameters
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.poutine as poutine
@@ -37,9 +38,12 @@ class Step:
 
 
 def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | None,
-             dist: Distributed | None, average: bool, interrupted: bool) -> Step:  # fmt: skip
+             dist: Distributed | None, average: bool,
+             requested: Callable[[], bool]) -> Step:  # fmt: skip
     """One step; under ``dist`` the ranks agree on its outcome (see
-    :mod:`~pyro_reparam.train.distributed`); ``average``: how their gradients combine."""
+    :mod:`~pyro_reparam.train.distributed`); ``average``: how their gradients combine;
+    ``requested()``: whether a stop was asked for, read after the step's own computation so
+    that a signal landing inside the step stops the run after it on every rank."""
     named = direct_params(elbo)
     try:
         if named is None:
@@ -50,10 +54,11 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
             loss = float(elbo.loss_and_grads(model, guide, *batch))
     except Exception:
         if dist is not None:  # tell the other ranks, which would wait for this one
-            dist.exchange(math.nan, ["failed"], interrupted, failed=True)
+            dist.exchange(math.nan, ["failed"], requested(), failed=True)
         raise
     names = tuple(n for n, _ in named)
     grads = [(n, p) for n, p in named if p.grad is not None]
+    interrupted = requested()
     try:
         if dist is not None:
             info = dist.exchange(loss, [f"{n} {tuple(p.shape)}" for n, p in grads], interrupted)
