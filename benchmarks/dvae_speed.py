@@ -77,7 +77,9 @@ def _dvae():
 
 def _svi(x, epochs, direct):
     dvae = _dvae()
-    elbo = dvae.elbo(K) if direct else pr.route(dvae.model, dvae.guide, x[:BATCH]).elbo()
+    elbo = (
+        dvae.elbo(K) if direct else pr.route(dvae.model, dvae.guide, x[:BATCH]).elbo(direct=False)
+    )
     svi = SVI(dvae.model, dvae.guide, pyro.optim.Adam({"lr": LR}), elbo)
     for xb in _batches(x, epochs):
         svi.step(xb)

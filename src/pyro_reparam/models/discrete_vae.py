@@ -161,6 +161,25 @@ class DiscreteVAE(nn.Module):
 
         return DiscreteVAEELBO(self, num_particles=num_particles)
 
+    def direct_elbo(self, plan):
+        """:meth:`elbo` for a :func:`pyro_reparam.route` plan of this model's own pair when the
+        plan is what it computes (``estimator="score"``, site ``"z"`` to the score function
+        with leave-one-out over ``K >= 2`` vectorized particles, ``ScoreFunctionELBO``, no
+        linear-layer handler); else ``None`` (``fit`` then uses the traced plan)."""
+        route = plan.sites.get("z")
+        if (
+            self.estimator != "score"
+            or plan.linear
+            or set(plan.sites) != {"z"}
+            or route.estimator != "score"
+            or route.variance_reduction != "loo"
+            or plan.elbo_class != "ScoreFunctionELBO"
+            or plan.num_particles < 2
+            or not plan.vectorize_particles
+        ):
+            return None
+        return self.elbo(plan.num_particles)
+
     def guide(self, x: torch.Tensor) -> None:
         """``q(z | x)``, sampled as :attr:`estimator` says."""
         self._register_guide()

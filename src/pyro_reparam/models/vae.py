@@ -153,6 +153,29 @@ class VAE(_Decoding):
 
         return vae_elbo(self, num_particles, traced=traced)
 
+    def direct_elbo(self, plan) -> ELBO | None:
+        """The fast ELBO of a :func:`pyro_reparam.route` plan of this VAE's own pair, when the
+        plan is one it computes: site ``"z"`` pathwise under ``TraceMeanField_ELBO`` (closed-form
+        KL) or ``Trace_ELBO`` (Monte Carlo KL), whatever ``kl`` says (the plan decides), no
+        IWAE, no linear-layer handler, one particle or vectorized ones; else ``None`` (``fit``
+        then uses the traced plan)."""
+        from pyro_reparam.models.vae_elbo import VAEMeanFieldELBO, VAETraceELBO
+
+        classes = {"TraceMeanField_ELBO": VAEMeanFieldELBO, "Trace_ELBO": VAETraceELBO}
+        route = plan.sites.get("z")
+        if (
+            self.iwae_particles
+            or plan.linear
+            or set(plan.sites) != {"z"}
+            or route.estimator != "pathwise"
+            or plan.elbo_class not in classes
+            or plan.max_plate_nesting != 1
+            or not (plan.num_particles == 1 or plan.vectorize_particles)
+        ):
+            return None
+        return classes[plan.elbo_class](self, num_particles=plan.num_particles,
+                                        max_plate_nesting=1, vectorize_particles=True)  # fmt: skip
+
     def register_guide_params(self) -> None:
         """The guide's ``pyro.module`` call (the fast ELBO makes the same one)."""
         pyro.module(f"{self.name}.encoder", self.encoder)
@@ -164,7 +187,9 @@ class VAE(_Decoding):
             pyro.param(f"{self.name}.log_sigma", self.log_sigma)
 
     def prior(self, batch_shape=()) -> dist.Distribution:
-        zeros = self.log_sigma.new_zeros((*batch_shape, self.latent_dim))
+        # a fresh tensor, not log_sigma.new_zeros: a JIT trace would hold log_sigma as a constant
+        p = self.log_sigma
+        zeros = torch.zeros((*batch_shape, self.latent_dim), dtype=p.dtype, device=p.device)
         return dist.Normal(zeros, 1.0).to_event(1)
 
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

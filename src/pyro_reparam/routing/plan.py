@@ -10,7 +10,7 @@ sequential plate), so that no site is ever routed silently to the bare score fun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyro.infer import ELBO
@@ -76,6 +76,8 @@ class RoutingPlan:
     :ivar baseline: the baseline of score-function sites not listed in ``sites``.
     :ivar linear: ``"local"`` or ``"flipout"`` when a linear-layer estimator wraps the ELBO.
     :ivar selection: with ``route(select="measure")``, the pilot's figures per candidate.
+    :ivar direct: for a ready model's own ``model``/``guide``, its ``direct_elbo(plan)``: the
+        same ELBO computed without tracing, which :meth:`elbo` returns (the plan says so).
     """
 
     sites: dict[str, SiteRoute]
@@ -88,6 +90,9 @@ class RoutingPlan:
     linear: str | None = None
     notes: list[str] = field(default_factory=list)
     selection: list[dict] | None = None
+    direct: Callable[[RoutingPlan], ELBO | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __getitem__(self, name: str) -> SiteRoute:
         return self.sites[name]
@@ -156,14 +161,20 @@ class RoutingPlan:
 
     __repr__ = __str__
 
-    def elbo(self, **kwargs) -> ELBO:
+    def elbo(self, direct: bool = True, **kwargs) -> ELBO:
         """A new ELBO that implements this plan (a fresh object: baselines keep state).
 
-        Keyword arguments go to the ELBO's constructor; those the plan fixes
+        With :attr:`direct` set (a ready model's own pair) and no keyword arguments, the
+        model's direct ELBO; ``direct=False``: the traced :class:`~.build.RoutedELBO`.
+        Keyword arguments go to the traced ELBO's constructor; those the plan fixes
         (``num_particles``, ``vectorize_particles``, ``max_plate_nesting``) must agree with it:
         route again to change them."""
         from pyro_reparam.routing.build import build_elbo
 
+        if direct and self.direct is not None and not kwargs:
+            elbo = self.direct(self)
+            if elbo is not None:
+                return elbo
         return build_elbo(self, **kwargs)
 
 

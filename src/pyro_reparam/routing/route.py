@@ -158,6 +158,25 @@ def route(
                 pilot_draws=pilot_draws,
                 pilot_batches=pilot_batches,
             )
+    return _with_direct(plan, model, guide)
+
+
+def _with_direct(plan: RoutingPlan, model, guide) -> RoutingPlan:
+    """Attach the direct ELBO of a ready model whose bound ``model``/``guide`` were routed:
+    their owner's ``direct_elbo(plan)`` returns an ELBO that computes exactly this plan's
+    estimator from its networks, without tracing (tested equal, loss and gradients under the
+    same noise), or ``None`` when the plan is not one it implements."""
+    owner = getattr(model, "__self__", None)
+    direct = getattr(owner, "direct_elbo", None)
+    if owner is None or getattr(guide, "__self__", None) is not owner or not callable(direct):
+        return plan
+    if direct(plan) is not None:
+        plan.direct = direct
+        plan.notes.append(
+            f"fast path: plan.elbo() is {type(owner).__name__}.direct_elbo(plan), this plan's "
+            "ELBO computed from the networks without tracing (the same loss and gradients); "
+            "plan.elbo(direct=False) builds the traced one"
+        )
     return plan
 
 

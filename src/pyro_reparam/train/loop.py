@@ -209,7 +209,7 @@ class _Run:
             from pyro_reparam.routing import route
 
             history.plan = route(model, guide, *first)
-            elbo = history.plan.elbo()
+            elbo = history.plan.elbo(direct=not jit)  # the direct ELBOs have no JIT twin
             say(str(history.plan))
         if jit:
             elbo = jit_twin(elbo, say)
