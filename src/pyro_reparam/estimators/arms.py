@@ -51,7 +51,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from pyro_reparam.estimators.disarm import _align, _bernoulli
-from pyro_reparam.estimators.vimco import ImportanceWeightedELBO, is_score_site
+from pyro_reparam.estimators.vimco import ImportanceWeightedELBO
 
 _TINY = 1e-12
 
@@ -139,26 +139,9 @@ class ARMS_ELBO(ImportanceWeightedELBO):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         n = self.num_particles
         draws = _CopulaDraws(-self.particle_dim, n)
-        model_trace, guide_trace, _, _ = self._traces(
-            model, guide, args, kwargs, guide_handler=draws
-        )
-        sum_dims, scale = self._datum_terms(model_trace, guide_trace)
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and is_score_site(site) and name not in draws.sites:
-                raise ValueError(
-                    f"ARMS_ELBO: guide site {name!r} ({type(site['fn']).__name__}) is neither "
-                    "reparameterized nor Bernoulli"
-                )
-        log_w = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
-                if site["type"] == "sample":
-                    lp = site["log_prob"]
-                    if sign < 0 and name in draws.sites:
-                        lp = lp.detach()  # the logits' gradient is ARMS's alone
-                    log_w = log_w + sign * self._per_datum(lp, sum_dims, scale)
+        guide_trace, log_w, scale = self._coupled(model, guide, args, kwargs, draws, "Bernoulli")
         f = log_w.detach()
-        elbo = f.mean(0).sum() * (1.0 if scale is None else scale)
+        elbo = f.mean(0).sum() * scale
         if not surrogate:
             return -elbo, None
         total = log_w.mean(0).sum()
@@ -172,6 +155,4 @@ class ARMS_ELBO(ImportanceWeightedELBO):
             df = _align(centred, logits.dim() - event, event)
             coef = df * (site["value"] - p) / ((n - 1) * (1 - c))
             total = total + (coef.detach() * logits).sum()
-        if scale is not None:
-            total = total * scale
-        return -elbo, -total
+        return -elbo, -total * scale

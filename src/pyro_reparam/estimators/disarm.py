@@ -57,7 +57,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
-from pyro_reparam.estimators.vimco import ImportanceWeightedELBO, is_score_site
+from pyro_reparam.estimators.vimco import ImportanceWeightedELBO
 
 
 def _bernoulli(fn):
@@ -182,26 +182,11 @@ class DisARM_ELBO(ImportanceWeightedELBO):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         pairs = _AntitheticPairs(-self.particle_dim, self.num_pairs)
-        model_trace, guide_trace, _, _ = self._traces(
-            model, guide, args, kwargs, guide_handler=pairs
+        guide_trace, log_w, scale = self._coupled(
+            model, guide, args, kwargs, pairs, "Bernoulli / Categorical / OneHotCategorical"
         )
-        sum_dims, scale = self._datum_terms(model_trace, guide_trace)
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and is_score_site(site) and name not in pairs.sites:
-                raise ValueError(
-                    f"DisARM_ELBO: guide site {name!r} ({type(site['fn']).__name__}) is neither "
-                    "reparameterized nor Bernoulli / Categorical / OneHotCategorical"
-                )
-        log_w = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
-                if site["type"] == "sample":
-                    lp = site["log_prob"]
-                    if sign < 0 and name in pairs.sites:
-                        lp = lp.detach()  # the logits' gradient is DisARM's alone
-                    log_w = log_w + sign * self._per_datum(lp, sum_dims, scale)
         f = log_w.detach()
-        elbo = f.mean(0).sum() * (1.0 if scale is None else scale)
+        elbo = f.mean(0).sum() * scale
         if not surrogate:
             return -elbo, None
         total = log_w.mean(0).sum()
@@ -218,9 +203,7 @@ class DisARM_ELBO(ImportanceWeightedELBO):
             df = _align(f[:p] - f[p:], logits.dim() - event, event)
             coef = 0.5 * df * (1 - 2 * b_anti) * (b != b_anti) * torch.sigmoid(logits.abs())
             total = total + (coef.detach() * logits).sum() / p
-        if scale is not None:
-            total = total * scale
-        return -elbo, -total
+        return -elbo, -total * scale
 
 
 def _categorical_term(site, pd, p, f, decisions):

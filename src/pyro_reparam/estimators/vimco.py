@@ -212,6 +212,32 @@ class ImportanceWeightedELBO(SurrogateELBO):
         )
         return (*traces, wrapped_guide)
 
+    def _coupled(self, model, guide, args, kwargs, draws, families: str):
+        """The traces under the coupling handler ``draws`` (``draws.sites``: the guide sites it
+        samples), refusing any other score-function site, and the per-datum log-weights with
+        those sites' guide log-densities detached (their logits' gradient is the coupled
+        estimator's alone): ``(guide_trace, log_w, scale)``, ``scale`` the sites' common
+        scale (1 when they have none)."""
+        model_trace, guide_trace, _, _ = self._traces(
+            model, guide, args, kwargs, guide_handler=draws
+        )
+        sum_dims, scale = self._datum_terms(model_trace, guide_trace)
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and is_score_site(site) and name not in draws.sites:
+                raise ValueError(
+                    f"{type(self).__name__}: guide site {name!r} ({type(site['fn']).__name__}) "
+                    f"is neither reparameterized nor {families}"
+                )
+        log_w = 0.0
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            for name, site in trace.nodes.items():
+                if site["type"] == "sample":
+                    lp = site["log_prob"]
+                    if sign < 0 and name in draws.sites:
+                        lp = lp.detach()
+                    log_w = log_w + sign * self._per_datum(lp, sum_dims, scale)
+        return guide_trace, log_w, 1.0 if scale is None else scale
+
     # -- per-datum sums ---------------------------------------------------------------------
     def _datum_terms(self, model_trace, guide_trace):
         """``(sum_dims, scale)``: the dependent plate dims to sum, and the common scale of all
