@@ -87,7 +87,8 @@ def _svi(x, epochs, direct):
 
 def _fit(x, epochs, direct):
     dvae = _dvae()
-    pr.fit(dvae.model, dvae.guide, x, elbo=dvae.elbo(K) if direct else None,
+    routed = None if direct else pr.route(dvae.model, dvae.guide, x[:BATCH]).elbo(direct=False)
+    pr.fit(dvae.model, dvae.guide, x, elbo=dvae.elbo(K) if direct else routed,
            optim=pyro.optim.Adam({"lr": LR}), epochs=epochs, batch_size=BATCH, progress=False,
            log=lambda _msg: None)  # fmt: skip
 
