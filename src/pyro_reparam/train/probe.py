@@ -10,11 +10,13 @@ prior, say) counts as unscaled and is checked by the first step instead.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from torch import nn
 from torch.distributions import constraints
 
 from pyro_reparam.train.rng import rng_state, set_rng_state
@@ -93,8 +95,40 @@ def _fmt(t: torch.Tensor) -> str:
 
 def create_params(model, guide, batch: tuple) -> set[str]:
     """Run guide and model once so every parameter exists; returns their names. Without
-    validation: data a likelihood cannot score are diagnosed by the first step."""
+    validation: data a likelihood cannot score are diagnosed by the first step. Warns about
+    modules that Pyro's store would leave untrained (:func:`stale_module_params`)."""
     with torch.no_grad(), pyro.validation_enabled(False), poutine.trace(param_only=True) as tape:
         guide_tr = poutine.trace(guide).get_trace(*batch)
         poutine.replay(model, trace=guide_tr)(*batch)
+    stale = stale_module_params(tape.trace)
+    if stale:
+        names = ", ".join(repr(n.replace(MODULE_SEP, ".")) for n in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        warnings.warn(
+            f"fit: {names}{more} were in Pyro's param store before this module registered them "
+            "(pyro.module(name, module) hands back the stored tensor of that name, while the "
+            "module computes with its own): the optimizer would train tensors the module "
+            "ignores. Call pyro.clear_param_store() before building the network, or give it "
+            "another name",
+            UserWarning,
+            stacklevel=3,
+        )
     return set(tape.trace.nodes)
+
+
+MODULE_SEP = "$$$"  # how pyro.module names a module's parameters: "<name>$$$<parameter>"
+
+
+def stale_module_params(param_trace) -> list[str]:
+    """Parameters that ``pyro.module`` registered whose stored tensor is not the module's own
+    parameter: an earlier module of the same name left them in the store, and the module (with
+    ``update_module_params=False``, Pyro's default) computes with its own tensor, which no
+    optimizer step reaches."""
+    stale = []
+    for name, site in param_trace.nodes.items():
+        args = site.get("args", ())
+        if MODULE_SEP not in name or len(args) < 2 or not isinstance(args[1], nn.Parameter):
+            continue
+        if site["value"].unconstrained() is not args[1]:
+            stale.append(name)
+    return stale
