@@ -4,7 +4,7 @@ infinities, and not fooled by finite values whose norm overflows."""
 import pytest
 import torch
 
-from pyro_reparam.train.step import all_finite
+from pyro_reparam.train.finite import all_finite
 
 
 def _tensors(bad=None):

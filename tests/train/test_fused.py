@@ -12,6 +12,15 @@ OPTIMS = {
     "Adam": lambda: pyro.optim.Adam({"lr": 0.05}),
     "SGD momentum": lambda: pyro.optim.SGD({"lr": 0.05, "momentum": 0.9}),
     "Adam clip_args": lambda: pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 1.0}),
+    "Adam amsgrad decay": lambda: pyro.optim.Adam(
+        {"lr": 0.05, "amsgrad": True, "weight_decay": 0.01}
+    ),
+    "AdamW": lambda: pyro.optim.AdamW({"lr": 0.05, "weight_decay": 0.1}),
+    "RMSprop": lambda: pyro.optim.RMSprop({"lr": 0.01, "momentum": 0.5}),
+    "Adagrad": lambda: pyro.optim.Adagrad({"lr": 0.05}),
+    "SGD nesterov foreach=False": lambda: pyro.optim.SGD(
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True, "foreach": False}
+    ),
 }
 
 

@@ -17,6 +17,7 @@ from pyro_reparam.models.likelihoods import (
     pixel_mean,
 )
 from pyro_reparam.models.nets import check_rows, mlp
+from pyro_reparam.models.registration import module_params
 
 LATENTS = ("bernoulli", "categorical")
 ESTIMATORS = ("score", "relaxed", "enumerate")
@@ -148,6 +149,15 @@ class DiscreteVAE(nn.Module):
         pyro.param(f"{self.name}.prior_logits", self.prior_logits)
         if self.likelihood == "gaussian":
             pyro.param(f"{self.name}.log_sigma", self.log_sigma)
+
+    def param_entries(self) -> list[tuple[str, torch.Tensor]]:
+        """``(param-store name, tensor)`` of what the model's and the guide's registrations
+        register."""
+        named = module_params(f"{self.name}.decoder", self.decoder)
+        named.append((f"{self.name}.prior_logits", self.prior_logits))
+        if self.likelihood == "gaussian":
+            named.append((f"{self.name}.log_sigma", self.log_sigma))
+        return named + module_params(f"{self.name}.encoder", self.encoder)
 
     def _register_guide(self) -> None:
         pyro.module(f"{self.name}.encoder", self.encoder)

@@ -30,6 +30,7 @@ import torch
 
 from pyro_reparam.estimators.surrogate import SurrogateELBO
 from pyro_reparam.models.nets import check_rows
+from pyro_reparam.models.registration import Named, must_register, stored
 
 if TYPE_CHECKING:
     from pyro_reparam.models.discrete_vae import DiscreteVAE
@@ -71,6 +72,12 @@ class DiscreteVAEELBO(SurrogateELBO):
             self._traced[key] = plan.elbo()
         return self._traced[key]
 
+    def step_params(self, model, guide, *args, **kwargs) -> Named | None:
+        """The parameters a step on ``(model, guide)`` trains, ``(param-store name, tensor)``
+        in name order, when the step is the direct one and the store already holds them
+        (:mod:`~pyro_reparam.models.registration`); ``None``: trace the step for them."""
+        return stored(self.dvae.param_entries()) if self._direct(model, guide) else None
+
     def loss(self, model, guide, *args, **kwargs) -> float:
         if not self._direct(model, guide):
             return self._fallback(model, guide, args, kwargs).loss(model, guide, *args, **kwargs)
@@ -100,8 +107,9 @@ class DiscreteVAEELBO(SurrogateELBO):
         """``(loss, surrogate loss)`` on the batch ``x`` (see the module docstring)."""
         d, k = self.dvae, self.num_particles
         check_rows(x, d.x_dim, "DiscreteVAE")
-        d._register_guide()  # the guide's registration, then the model's, as a step traces them
-        d._register_model()
+        if must_register(d.param_entries()):
+            d._register_guide()  # the guide's registration, then the model's, as a step traces
+            d._register_model()
         batch = x.shape[0]
         q = d.posterior(x).expand(torch.Size([k, batch]))  # Pyro's vectorized particle plate
         z = q.sample()

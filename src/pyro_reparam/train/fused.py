@@ -8,7 +8,9 @@ optimizer of the same class whose single parameter group holds all of them and w
 the per-parameter optimizers' own state dicts (the same objects, updated in place). So
 ``optim.get_state()``, checkpoints and resumes see exactly what per-parameter steps leave, and
 the arithmetic is the same update per tensor: on the CPU the same numbers, bit for bit
-(tests/train/test_fused.py).
+(tests/train/test_fused.py). Where the user left ``foreach`` to torch (``None``, which on the CPU
+means the per-tensor loop), the combined optimizer runs torch's multi-tensor (``foreach``)
+kernels: the same operations per tensor in one Python pass.
 
 Fused only where that holds: a plain ``PyroOptim`` (no LR scheduler) of an optimizer class in
 :data:`FUSABLE` whose parameters all have their optimizer already (the first step of a
@@ -23,6 +25,7 @@ callback changes is seen), and no global optimizer hooks. Anything else steps as
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -62,6 +65,7 @@ class FusedStep:
         self._key: tuple[int, ...] | None = None
         self._combined: torch.optim.Optimizer | None = None
         self._groups: list[dict] = []
+        self._own: dict = {}
         self.fused = 0
 
     def __call__(self, params: list[torch.Tensor]) -> None:
@@ -91,10 +95,11 @@ class FusedStep:
                 clip(p)
         group = self._combined.param_groups[0]
         group.update(hyper)
+        group.update(self._own)
         if not (isinstance(self._combined, ClippedAdam) and _clipped_adam_foreach(
                 self._combined, params)):  # fmt: skip
             self._combined.step()
-        changed = {k: group[k] for k in hyper if group[k] is not hyper[k]}
+        changed = {k: group[k] for k in hyper if k not in self._own and group[k] is not hyper[k]}
         if changed:  # ClippedAdam decays its lr in the group: every parameter's group
             for g in self._groups:
                 g.update(changed)
@@ -118,9 +123,18 @@ class FusedStep:
         if first is None:
             return False
         cls = type(self.optim.optim_objs[params[0]])
+        # the multi-tensor kernels where the user left the choice to torch (which picks the
+        # per-tensor loop on the CPU): the same operations per tensor, the same numbers, with
+        # one Python pass for all tensors instead of one per tensor
+        self._own = {"foreach": True} if cls is not ClippedAdam and (
+            "foreach" in first and first["foreach"] is None) else {}  # fmt: skip
+        # group keys the constructor does not take (AdamW's decoupled_weight_decay) are set
+        # in the group at each step, as the per-parameter groups hold them
+        accepted = inspect.signature(cls).parameters
         try:
-            combined = cls(list(params), **first)
-        except (TypeError, ValueError):  # a group key that is no constructor argument
+            combined = cls(list(params), **{k: v for k, v in {**first, **self._own}.items()
+                                            if k in accepted})  # fmt: skip
+        except (TypeError, ValueError):
             return False
         for p in params:
             combined.state[p] = self.optim.optim_objs[p].state[p]  # the same dict object

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import _PYRO_STACK
 from torch.distributions.utils import _standard_normal
 
 from pyro_reparam.estimators import Flipout, LocalReparameterization
 from pyro_reparam.estimators.flipout import flipout_linear
 from pyro_reparam.estimators.local_reparam import local_linear
+from pyro_reparam.models.registration import Named, module_params, must_register, stored
 
 if TYPE_CHECKING:
     from pyro_reparam.models.bnn.network import BayesianMLP
@@ -129,7 +128,6 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
     ):
         super().__init__(num_particles=num_particles)
         self.bnn, self.num_data = bnn, num_data
-        self._names = None
         self.estimator = bnn.guide_kind if estimator is None else estimator
         if self.estimator not in HANDLERS:
             raise ValueError(
@@ -141,7 +139,7 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         num_data = self.num_data if num_data is None else num_data
         if y is None:
             raise ValueError("BayesianMLPELBO: the ELBO needs the observed targets y")
-        if _PYRO_STACK or self.step_params() is None:
+        if must_register(module_params(self.bnn.name, self.bnn)):
             pyro.module(self.bnn.name, self.bnn)  # SVI collects the parameters from here
         scale = 1.0 if num_data is None else num_data / x.shape[0]
         bnn, k = self.bnn, self.num_particles
@@ -152,25 +150,15 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
             log_lik = log_lik + log_likelihood_draw(bnn, x, y, self.estimator, q)
         return kl - (scale / k) * log_lik
 
-    def step_params(self) -> list[tuple[str, torch.Tensor]] | None:
+    def step_params(self, model=None, guide=None, *args, **kwargs) -> Named | None:
         """The parameters a step trains, ``(param-store name, tensor)`` in name order, when the
         param store holds the network's parameters under ``pyro.module``'s names (``None``
-        before that). :func:`pyro_reparam.train.fit` steps with these instead of tracing the
-        step for its parameters; the step then registers nothing (it calls ``pyro.module``
-        only under a Pyro handler, as ``pyro.infer.SVI`` runs it, or while the store lacks
-        them). A parameter with ``requires_grad=False`` is not trained, as for ``pyro.module``."""
-        names = self._names
-        if names is None or names[0] is not self.bnn:
-            prefix = self.bnn.name + _MODULE_NAMESPACE_DIVIDER
-            named = sorted((prefix + n, p) for n, p in self.bnn.named_parameters()
-                           if p.requires_grad)  # fmt: skip
-            names = self._names = (self.bnn, named)
-        store = pyro.get_param_store()
-        for name, p in names[1]:
-            if store.param_name(p) != name or not p.requires_grad:
-                self._names = None
-                return None
-        return names[1]
+        before that; :mod:`~pyro_reparam.models.registration`). :func:`pyro_reparam.train.fit`
+        steps with these instead of tracing the step for its parameters; the step then
+        registers nothing (it calls ``pyro.module`` only under a Pyro handler, as
+        ``pyro.infer.SVI`` runs it, or while the store lacks them). A parameter with
+        ``requires_grad=False`` is not trained, as for ``pyro.module``."""
+        return stored(module_params(self.bnn.name, self.bnn))
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self._differentiable_loss(*args, **kwargs)
