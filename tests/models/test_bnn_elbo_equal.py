@@ -62,3 +62,20 @@ def test_direct_elbo_equals_the_traced_elbo_value_and_every_gradient(guide, nois
     assert set(g_traced) == set(g_direct) == trained
     for name, grad in g_traced.items():
         torch.testing.assert_close(g_direct[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("how", ["loss_and_grads", "loss", "differentiable_loss"])
+def test_a_nan_target_raises_pyros_error_under_validation(how):
+    """Pyro validates the observed value of site "y": the direct ELBO lets it speak, and
+    without validation both ELBOs give the NaN loss."""
+    x, y = _toy()
+    y[3] = float("nan")
+    torch.manual_seed(0)
+    bnn = BayesianMLP(3, 1, (8,), noise="homoscedastic")
+    for elbo in (bnn.elbo(traced=True), bnn.elbo()):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match="site 'y'"):
+            getattr(elbo, how)(bnn.model, bnn.guide, x, y)
+        with pyro.validation_enabled(False), pytest.warns(UserWarning, match="Encountered NaN"):
+            value = getattr(elbo, how)(bnn.model, bnn.guide, x, y)
+        assert torch.isnan(torch.as_tensor(value))

@@ -61,6 +61,9 @@ def test_measure_picks_disarm_where_it_is_exact():
     assert type(elbo.inner).__name__ == "DisARM_ELBO"
     svi = pyro.infer.SVI(coin_model, coin_guide, pyro.optim.Adam({"lr": 0.01}), elbo)
     assert torch.isfinite(torch.tensor(svi.step(x)))
+    assert type(plan.elbo(num_particles=4).inner).__name__ == "DisARM_ELBO"  # the plan's own
+    with pytest.raises(RoutingError, match="DisARM_ELBO takes no retain_graph"):
+        plan.elbo(retain_graph=True)  # an option it would otherwise drop silently
 
 
 def test_measure_picks_leave_one_out_for_this_categorical():

@@ -64,6 +64,8 @@ class _Coder(nn.Module):
 
 def _decode_batched(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Apply ``decoder`` to ``z`` of shape ``(..., latent)`` (conv layers want one batch dim)."""
+    if z.dim() == 2:
+        return decoder(z)
     flat = z.reshape(-1, z.shape[-1])
     out = decoder(flat)
     return out.reshape(*z.shape[:-1], out.shape[-1])

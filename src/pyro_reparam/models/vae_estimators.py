@@ -38,24 +38,27 @@ def normal_log_prob(value: torch.Tensor, loc, scale) -> torch.Tensor:
     return -((value - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
 
 
-def pixel_log_prob(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x | z)`` summed over pixels, shape ``z.shape[:-1]``: ``VAE.likelihood_given``'s
+def _pixel_terms(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x_j | z)`` per pixel, shape ``z.shape[:-1] + (x_dim,)``: ``VAE.likelihood_given``'s
     log-density, unvalidated (the callers check ``x``)."""
     out = _decode_batched(vae.decoder, z)
     if vae.likelihood == "bernoulli":
-        lp = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
-    elif vae.likelihood == "continuous_bernoulli":
-        lp = ContinuousBernoulli(logits=out, validate_args=False).log_prob(x)
-    else:
-        lp = normal_log_prob(x, torch.sigmoid(out), vae.log_sigma.exp())
-    return lp.sum(-1)
+        return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
+    if vae.likelihood == "continuous_bernoulli":
+        return ContinuousBernoulli(logits=out, validate_args=False).log_prob(x)
+    return normal_log_prob(x, torch.sigmoid(out), vae.log_sigma.exp())
+
+
+def pixel_log_prob(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | z)`` summed over pixels, shape ``z.shape[:-1]``."""
+    return _pixel_terms(vae, z, x).sum(-1)
 
 
 def pixel_log_prob_sum(vae: VAE | Autoencoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``pixel_log_prob(vae, z, x).sum()`` (a scalar), the Bernoulli one reduced inside the
-    fused kernel (no ``z.shape[:-1] + x.shape[-1:]`` intermediate to sum and backpropagate)."""
+    """``pixel_log_prob(vae, z, x).sum()`` (a scalar) in one reduction; the Bernoulli one inside
+    the fused kernel (no per-pixel intermediate to sum and backpropagate)."""
     if vae.likelihood != "bernoulli":
-        return pixel_log_prob(vae, z, x).sum()
+        return _pixel_terms(vae, z, x).sum()
     out = _decode_batched(vae.decoder, z)
     return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="sum")
 
@@ -78,7 +81,8 @@ def analytic(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     loc, scale = vae.posterior_params(x)
     var = scale.pow(2)
     kl = 0.5 * (var + loc.pow(2) - 1 - var.log())
-    loss = kl.sum() - pixel_log_prob_sum(vae, draw(loc, scale, k), x) / k
+    log_px = pixel_log_prob_sum(vae, draw(loc, scale, k), x)
+    loss = kl.sum() - (log_px if k == 1 else log_px / k)
     return loss, loss
 
 
@@ -88,7 +92,7 @@ def monte_carlo(vae: VAE, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     z = draw(loc, scale, k)
     log_prior = -(z**2) / 2 - _HALF_LOG_2PI
     log_w = pixel_log_prob_sum(vae, z, x) + (log_prior - normal_log_prob(z, loc, scale)).sum()
-    loss = -log_w / k
+    loss = -(log_w if k == 1 else log_w / k)
     return loss, loss
 
 

@@ -43,6 +43,13 @@ def build_elbo(plan: RoutingPlan, **kwargs) -> RoutedELBO:
                 f"plan.elbo: the plan was built with {key}={fixed[key]!r}, not {kwargs[key]!r}; "
                 f"route again with {key}=... to change it"
             )
+    extra = sorted(set(kwargs) - set(_FIXED))
+    if extra and plan.elbo_class in ("DisARM_ELBO", "ARMS_ELBO"):
+        raise RoutingError(
+            f"plan.elbo: {plan.elbo_class} takes no {', '.join(extra)} (its options are the "
+            "plan's particles and plate nesting); route again to change those, or build the "
+            "ELBO yourself"
+        )
     kwargs.update(fixed)
     if plan.elbo_class == "TraceEnum_ELBO":
         inner = TraceEnum_ELBO(**kwargs)

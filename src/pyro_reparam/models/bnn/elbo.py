@@ -16,6 +16,7 @@ implementations:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -24,7 +25,9 @@ from typing import TYPE_CHECKING
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
+from pyro.util import warn_if_nan
 from torch.distributions.utils import _standard_normal
 
 from pyro_reparam.estimators import Flipout, LocalReparameterization
@@ -116,7 +119,9 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
     tracing of every weight site, which dominates the step time of a small network. It plugs
     into ``SVI`` like any ELBO; the ``model``/``guide`` handed to ``loss``/``loss_and_grads``
     must be the network's own (they are not run, the network is), called as ``(x, y)`` or
-    ``(x, y, num_data=N)``; ``num_data`` given here applies when the call has none.
+    ``(x, y, num_data=N)``; ``num_data`` given here applies when the call has none. With
+    Pyro's validation on, a step whose loss is not finite is handed to the traced ELBO on that
+    ``model``/``guide``, so that a NaN target raises Pyro's error for site ``"y"``.
     """
 
     def __init__(
@@ -160,14 +165,34 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         ``requires_grad=False`` is not trained, as for ``pyro.module``."""
         return stored(module_params(self.bnn.name, self.bnn))
 
+    def _validated(self, loss: torch.Tensor) -> float | None:
+        """``loss.item()``, or ``None`` where Pyro's validation should speak: with it on (Pyro's
+        default), a non-finite loss (a NaN target, say) goes to the traced ELBO, whose checks
+        raise their usual error naming the site."""
+        value = loss.item()
+        if is_validation_enabled() and not math.isfinite(value):
+            return None
+        warn_if_nan(value, "loss")
+        return value
+
+    def _traced(self) -> HandledTraceMeanField_ELBO:
+        return traced_elbo(self.estimator, self.num_particles)
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self._differentiable_loss(*args, **kwargs)
+        loss = self._differentiable_loss(*args, **kwargs)
+        if self._validated(loss) is None:
+            return self._traced().differentiable_loss(model, guide, *args, **kwargs)
+        return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            return self._differentiable_loss(*args, **kwargs).item()
+            value = self._validated(self._differentiable_loss(*args, **kwargs))
+        return self._traced().loss(model, guide, *args, **kwargs) if value is None else value
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self._differentiable_loss(*args, **kwargs)
+        value = self._validated(loss)
+        if value is None:
+            return self._traced().loss_and_grads(model, guide, *args, **kwargs)
         loss.backward()
-        return loss.item()
+        return value
