@@ -30,13 +30,15 @@ def _params(seed=0):
     return [torch.randn(s, generator=g).requires_grad_() for s in shapes]
 
 
-def _grads(params, step):
+def _grads(params, step, missing=()):
     g = torch.Generator().manual_seed(100 + step)
-    for p in params:
+    for i, p in enumerate(params):
         p.grad = 3 * torch.randn(p.shape, generator=g)
+        if (i, step % 2) in missing or (i, None) in missing:
+            p.grad = None
 
 
-def _run(optim, stepper, steps=6):
+def _run(optim, stepper, steps=6, missing=()):
     pyro.clear_param_store()
     params = _params()
     for i, p in enumerate(params):  # PyroOptim names the parameters through the store
@@ -44,7 +46,7 @@ def _run(optim, stepper, steps=6):
     params = [pyro.get_param_store()[f"p{i}"].unconstrained() for i in range(len(params))]
     step = stepper(optim) if stepper else optim
     for t in range(steps):
-        _grads(params, t)
+        _grads(params, t, missing)
         step(params)
     return [p.detach().clone() for p in params], optim.get_state(), step
 
@@ -63,6 +65,25 @@ def test_fused_step_is_the_per_parameter_step_bit_for_bit(name):
         for k, v in sub["state"][0].items():
             w = other["state"][0][k]
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(w)), (key, k)
+
+
+@pytest.mark.parametrize("name", ["ClippedAdam", "Adam", "SGD momentum"])
+@pytest.mark.parametrize(
+    "missing", [((3, None),), ((1, 0), (3, None))], ids=["never", "every other step"]
+)
+def test_parameters_without_a_gradient_are_left_as_pyro_leaves_them(name, missing):
+    """A parameter the step gave no gradient (never, or at every other step): untouched, its
+    optimizer's group decays ClippedAdam's lr all the same, and the others fused."""
+    plain, plain_state, _ = _run(OPTIMS[name](), None, missing=missing)
+    fused, fused_state, stepper = _run(OPTIMS[name](), FusedStep, missing=missing)
+    assert stepper.fused == 5
+    assert all(torch.equal(a, b) for a, b in zip(plain, fused, strict=True))
+    assert torch.equal(fused[3], _params()[3].detach())  # never had a gradient
+    assert plain_state.keys() == fused_state.keys()
+    for key, sub in plain_state.items():
+        assert sub["param_groups"] == fused_state[key]["param_groups"], key
+        for k, v in sub["state"].get(0, {}).items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(fused_state[key]["state"][0][k]))
 
 
 def test_different_hyperparameters_or_schedulers_step_as_pyro_does():

@@ -62,7 +62,7 @@ class FusedStep:
         self.fusable = (
             type(optim) is PyroOptim and isinstance(cls, type) and issubclass(cls, FUSABLE)
         )
-        self._key: tuple[int, ...] | None = None
+        self._key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._combined: torch.optim.Optimizer | None = None
         self._groups: list[dict] = []
         self._own: dict = {}
@@ -82,14 +82,19 @@ class FusedStep:
             _torch_optimizer._global_optimizer_post_hooks
         ):
             return False
-        key = tuple(id(p) for p in params)
-        if key != self._key and not self._build(params):
+        # a parameter without a gradient is skipped by every optimizer's step (its group still
+        # decays ClippedAdam's lr, below): the combined optimizer holds those with one
+        stepped = [p for p in params if p.grad is not None]
+        if not stepped:
+            return False
+        key = (tuple(id(p) for p in params), tuple(id(p) for p in stepped))
+        if key != self._key and not self._build(params, stepped):
             return False
         hyper = self._hyper()
         if hyper is None:
             return False
         clips = self.optim.grad_clip
-        for p in params:
+        for p in stepped:
             clip = clips.get(p)
             if clip is not None:
                 clip(p)
@@ -97,7 +102,7 @@ class FusedStep:
         group.update(hyper)
         group.update(self._own)
         if not (isinstance(self._combined, ClippedAdam) and _clipped_adam_foreach(
-                self._combined, params)):  # fmt: skip
+                self._combined, stepped)):  # fmt: skip
             self._combined.step()
         changed = {k: group[k] for k in hyper if k not in self._own and group[k] is not hyper[k]}
         if changed:  # ClippedAdam decays its lr in the group: every parameter's group
@@ -106,8 +111,9 @@ class FusedStep:
         self.fused += 1
         return True
 
-    def _build(self, params: list[torch.Tensor]) -> bool:
-        """The combined optimizer over ``params``, sharing each one's state dict."""
+    def _build(self, params: list[torch.Tensor], stepped: list[torch.Tensor]) -> bool:
+        """The combined optimizer over ``stepped`` (those of ``params`` with a gradient),
+        sharing each one's state dict; the groups of all ``params`` share its hyperparameters."""
         self._key, self._combined = None, None
         groups = []
         for p in params:
@@ -132,13 +138,14 @@ class FusedStep:
         # in the group at each step, as the per-parameter groups hold them
         accepted = inspect.signature(cls).parameters
         try:
-            combined = cls(list(params), **{k: v for k, v in {**first, **self._own}.items()
+            combined = cls(list(stepped), **{k: v for k, v in {**first, **self._own}.items()
                                             if k in accepted})  # fmt: skip
         except (TypeError, ValueError):
             return False
-        for p in params:
+        for p in stepped:
             combined.state[p] = self.optim.optim_objs[p].state[p]  # the same dict object
-        self._key, self._combined = tuple(id(p) for p in params), combined
+        self._key = (tuple(id(p) for p in params), tuple(id(p) for p in stepped))
+        self._combined = combined
         return True
 
     def _hyper(self) -> dict | None:
