@@ -27,13 +27,16 @@ def module_params(name: str, module: nn.Module) -> Named:
 
 
 def stored(named: Named) -> Named | None:
-    """The trained entries of ``named`` (``requires_grad``) in name order, when the param store
-    holds each of ``named`` under its name as that very tensor; ``None`` otherwise (the first
-    step, a cleared store, a network whose names an earlier network holds)."""
+    """The entries of ``named`` that ``requires_grad``, in name order, when the param store
+    holds each of them under its name as that very tensor; ``None`` otherwise (the first step,
+    a cleared store, a network whose names an earlier network holds). A frozen parameter is
+    left out, as ``pyro.module`` leaves it out of the store and so out of ``SVI.step``'s param
+    trace."""
+    trained = [(n, p) for n, p in named if p.requires_grad]
     store = pyro.get_param_store()
-    if any(store.param_name(p) != n for n, p in named):
+    if any(store.param_name(p) != n for n, p in trained):
         return None
-    return sorted(((n, p) for n, p in named if p.requires_grad), key=lambda item: item[0])
+    return sorted(trained, key=lambda item: item[0])
 
 
 def must_register(named: Named) -> bool:

@@ -161,8 +161,7 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         before that; :mod:`~pyro_reparam.models.registration`). :func:`pyro_reparam.train.fit`
         steps with these instead of tracing the step for its parameters; the step then
         registers nothing (it calls ``pyro.module`` only under a Pyro handler, as
-        ``pyro.infer.SVI`` runs it, or while the store lacks them). A parameter with
-        ``requires_grad=False`` is not trained, as for ``pyro.module``."""
+        ``pyro.infer.SVI`` runs it, or while the store lacks them)."""
         return stored(module_params(self.bnn.name, self.bnn))
 
     def _validated(self, loss: torch.Tensor) -> float | None:
