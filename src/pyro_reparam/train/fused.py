@@ -132,8 +132,9 @@ class FusedStep:
         # the multi-tensor kernels where the user left the choice to torch (which picks the
         # per-tensor loop on the CPU): the same operations per tensor, the same numbers, with
         # one Python pass for all tensors instead of one per tensor
-        self._own = {"foreach": True} if cls is not ClippedAdam and (
-            "foreach" in first and first["foreach"] is None) else {}  # fmt: skip
+        plain_loop = "foreach" in first and first["foreach"] is None and not any(
+            first.get(k) for k in ("differentiable", "capturable", "fused"))  # fmt: skip
+        self._own = {"foreach": True} if cls is not ClippedAdam and plain_loop else {}
         # group keys the constructor does not take (AdamW's decoupled_weight_decay) are set
         # in the group at each step, as the per-parameter groups hold them
         accepted = inspect.signature(cls).parameters
