@@ -79,3 +79,26 @@ def test_a_nan_target_raises_pyros_error_under_validation(how):
         with pyro.validation_enabled(False), pytest.warns(UserWarning, match="Encountered NaN"):
             value = getattr(elbo, how)(bnn.model, bnn.guide, x, y)
         assert torch.isnan(torch.as_tensor(value))
+
+
+def test_the_traced_fallback_keeps_num_data(monkeypatch):
+    """A non-finite direct loss goes to the traced ELBO with the direct ELBO's ``num_data`` (the
+    network's own model takes it), not unscaled; a call's own ``num_data`` wins."""
+    from pyro_reparam.models.bnn import elbo as bnn_elbo
+
+    seen = []
+
+    class Recorder:
+        def loss(self, model, guide, *args, **kwargs):
+            seen.append(kwargs.get("num_data"))
+            return 0.0
+
+    monkeypatch.setattr(bnn_elbo, "traced_elbo", lambda *a, **k: Recorder())
+    x, y = _toy()
+    y[0] = float("inf")  # inside the reals (Pyro's support check passes): an inf loss
+    bnn = BayesianMLP(3, 1, (8,), noise="homoscedastic")
+    elbo = bnn.elbo(num_data=240)
+    elbo.loss(bnn.model, bnn.guide, x, y)
+    elbo.loss(bnn.model, bnn.guide, x, y, num_data=48)
+    elbo.loss(lambda x, y: bnn.model(x, y, num_data=240), bnn.guide, x, y)  # fit's pair
+    assert seen == [240, 48, None]

@@ -141,3 +141,37 @@ def test_fit_without_the_trace_trains_every_parameter(case):
     moved = [n for n in p1 if not torch.equal(p1[n], before[n])]
     assert "log_sigma" in moved or "log_noise" in moved or case.startswith("bnn")
     assert len(moved) >= len(p1) - 1
+
+
+@pytest.mark.parametrize("how", ["set_state", "assign"])
+@pytest.mark.parametrize("case", ["vae-gaussian", "dvae-bernoulli", "bnn-homoscedastic"])
+def test_a_store_loaded_or_assigned_since_is_not_trusted(case, how):
+    """After ``set_state`` or ``store[name] = ...`` the store's tensors are not the module's:
+    ``pyro.module`` hands back the stored ones, so the step must register and be traced."""
+    pyro.clear_param_store()
+    net, direct, _, args = CASES[case]()
+    direct.loss_and_grads(net.model, net.guide, *args)
+    assert direct.step_params(net.model, net.guide, *args) is not None
+    store = pyro.get_param_store()
+    if how == "set_state":
+        state = store.get_state()
+        state["params"] = {n: v.detach().clone() for n, v in state["params"].items()}
+        store.set_state(state)
+    else:
+        name = sorted(store.keys())[0]
+        store[name] = store[name].detach().clone()
+    assert direct.step_params(net.model, net.guide, *args) is None
+
+
+@pytest.mark.parametrize("case", ["vae-gaussian", "dvae-gaussian"])
+def test_a_frozen_pyro_param_tensor_stays_listed(case):
+    """``pyro.param`` keeps a tensor frozen after registration in the store and in the param
+    trace (so ``SVI`` still hands it to the optimizer), unlike ``pyro.module``."""
+    pyro.clear_param_store()
+    net, direct, traced, args = CASES[case]()
+    direct.loss_and_grads(net.model, net.guide, *args)
+    net.log_sigma.requires_grad_(False)
+    listed = direct.step_params(net.model, net.guide, *args)
+    reference = _traced_params(traced, net.model, net.guide, args)
+    assert f"{net.name}.log_sigma" in [n for n, _ in listed]
+    assert [n for n, _ in listed] == [n for n, _ in reference]

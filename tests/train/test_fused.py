@@ -11,6 +11,7 @@ OPTIMS = {
     "ClippedAdam": lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 0.5, "lrd": 0.99}),
     "Adam": lambda: pyro.optim.Adam({"lr": 0.05}),
     "SGD momentum": lambda: pyro.optim.SGD({"lr": 0.05, "momentum": 0.9}),
+    "SGD": lambda: pyro.optim.SGD({"lr": 0.05}),
     "Adam clip_args": lambda: pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 1.0}),
     "Adam amsgrad decay": lambda: pyro.optim.Adam(
         {"lr": 0.05, "amsgrad": True, "weight_decay": 0.01}
@@ -62,12 +63,13 @@ def test_fused_step_is_the_per_parameter_step_bit_for_bit(name):
     for key, sub in plain_state.items():
         other = fused_state[key]
         assert sub["param_groups"] == other["param_groups"]  # lr decayed alike (lrd)
-        for k, v in sub["state"][0].items():
+        assert sub["state"].keys() == other["state"].keys()  # no state where Pyro keeps none
+        for k, v in sub["state"].get(0, {}).items():
             w = other["state"][0][k]
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(w)), (key, k)
 
 
-@pytest.mark.parametrize("name", ["ClippedAdam", "Adam", "SGD momentum"])
+@pytest.mark.parametrize("name", ["ClippedAdam", "Adam", "SGD momentum", "SGD"])
 @pytest.mark.parametrize(
     "missing", [((3, None),), ((1, 0), (3, None))], ids=["never", "every other step"]
 )
@@ -82,6 +84,7 @@ def test_parameters_without_a_gradient_are_left_as_pyro_leaves_them(name, missin
     assert plain_state.keys() == fused_state.keys()
     for key, sub in plain_state.items():
         assert sub["param_groups"] == fused_state[key]["param_groups"], key
+        assert sub["state"].keys() == fused_state[key]["state"].keys(), key
         for k, v in sub["state"].get(0, {}).items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(fused_state[key]["state"][0][k]))
 
@@ -116,3 +119,20 @@ def test_an_lr_changed_between_steps_is_applied():
         before = [p.detach().clone() for p in params]
         stepper(params)
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True))
+
+
+def test_a_hook_on_a_parameters_optimizer_runs_as_pyro_runs_it():
+    calls = []
+    optim = pyro.optim.Adam({"lr": 0.05})
+    stepper = FusedStep(optim)
+    pyro.clear_param_store()
+    params = _params()
+    for i, p in enumerate(params):
+        pyro.get_param_store()[f"p{i}"] = p
+    _grads(params, 0)
+    stepper(params)  # Pyro makes the per-parameter optimizers
+    optim.optim_objs[params[0]].register_step_pre_hook(lambda *_: calls.append(1))
+    for t in range(1, 3):
+        _grads(params, t)
+        stepper(params)
+    assert calls == [1, 1] and stepper.fused == 0

@@ -27,16 +27,16 @@ def module_params(name: str, module: nn.Module) -> Named:
 
 
 def stored(named: Named) -> Named | None:
-    """The entries of ``named`` that ``requires_grad``, in name order, when the param store
-    holds each of them under its name as that very tensor; ``None`` otherwise (the first step,
-    a cleared store, a network whose names an earlier network holds). A frozen parameter is
-    left out, as ``pyro.module`` leaves it out of the store and so out of ``SVI.step``'s param
-    trace."""
-    trained = [(n, p) for n, p in named if p.requires_grad]
-    store = pyro.get_param_store()
-    if any(store.param_name(p) != n for n, p in trained):
+    """``named`` in name order, when the param store holds each entry under its name as that
+    very tensor; ``None`` otherwise (the first step, a cleared store, a store loaded or assigned
+    since, a network whose names an earlier network holds). A frozen module parameter
+    (``requires_grad=False``) is left out, as ``pyro.module`` leaves it out of the store and so
+    out of ``SVI.step``'s param trace; a frozen ``pyro.param`` tensor stays, as it stays there."""
+    listed = [(n, p) for n, p in named if p.requires_grad or _MODULE_NAMESPACE_DIVIDER not in n]
+    held = pyro.get_param_store()._params  # name -> tensor (the reverse map keeps stale tensors)
+    if any(held.get(n) is not p for n, p in listed):
         return None
-    return sorted(trained, key=lambda item: item[0])
+    return sorted(listed, key=lambda item: item[0])
 
 
 def must_register(named: Named) -> bool:

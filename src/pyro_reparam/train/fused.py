@@ -16,7 +16,8 @@ Fused only where that holds: a plain ``PyroOptim`` (no LR scheduler) of an optim
 :data:`FUSABLE` whose parameters all have their optimizer already (the first step of a
 parameter goes through ``PyroOptim.__call__``, which makes it and loads any waiting state), one
 group each, the same hyperparameters (plain numbers, compared at every step, so an ``lr`` a
-callback changes is seen), and no global optimizer hooks. Anything else steps as Pyro does.
+callback changes is seen), and no optimizer hooks (global or per-parameter). Anything else
+steps as Pyro does.
 
 ``ClippedAdam`` (``pyro.optim.ClippedAdam``, what the ready models train with) is stepped with
 ``torch._foreach_*`` ops over all parameters, the same operations in the same order as
@@ -82,6 +83,9 @@ class FusedStep:
             _torch_optimizer._global_optimizer_post_hooks
         ):
             return False
+        if any(objs[p]._optimizer_step_pre_hooks or objs[p]._optimizer_step_post_hooks
+               for p in params):  # fmt: skip
+            return False  # hooks of the per-parameter optimizers run in their own steps
         # a parameter without a gradient is skipped by every optimizer's step (its group still
         # decays ClippedAdam's lr, below): the combined optimizer holds those with one
         stepped = [p for p in params if p.grad is not None]
@@ -104,6 +108,10 @@ class FusedStep:
         if not (isinstance(self._combined, ClippedAdam) and _clipped_adam_foreach(
                 self._combined, stepped)):  # fmt: skip
             self._combined.step()
+        for p in stepped:  # state the step made: the per-parameter optimizer's own
+            st, sub_state = self._combined.state[p], objs[p].state
+            if st and sub_state.get(p) is not st:
+                sub_state[p] = st
         changed = {k: group[k] for k in hyper if k not in self._own and group[k] is not hyper[k]}
         if changed:  # ClippedAdam decays its lr in the group: every parameter's group
             for g in self._groups:
@@ -143,8 +151,9 @@ class FusedStep:
                                             if k in accepted})  # fmt: skip
         except (TypeError, ValueError):
             return False
-        for p in stepped:
-            combined.state[p] = self.optim.optim_objs[p].state[p]  # the same dict object
+        for p in stepped:  # the same dict object; none made where the optimizer keeps none
+            sub_state = self.optim.optim_objs[p].state
+            combined.state[p] = sub_state.get(p, {})
         self._key = (tuple(id(p) for p in params), tuple(id(p) for p in stepped))
         self._combined = combined
         return True

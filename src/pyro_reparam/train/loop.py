@@ -168,6 +168,8 @@ class _Run:
     names: set[str] = field(default_factory=set)
     """The parameters of this run (never stale ones of earlier fits)."""
     restored_optim: dict = field(default_factory=dict)
+    zeroed: set[str] = field(default_factory=set)
+    """The parameters whose gradient ``SVI.step`` would hold as zeros (see ``svi_step``)."""
     interrupt: Interrupt | None = None
     stop_agreed: bool = False
     """Whether the ranks agreed on a Ctrl-C at the last step (data parallel)."""
@@ -255,6 +257,7 @@ class _Run:
         self.restored_optim = rs.restore(state, self.rank, self.elbo, self.optim, self.path,
                                          self.say)  # fmt: skip
         self.names |= set(state["params"])
+        self.zeroed = set(state.get("zero_grads", []))
         self.history.records = list(state["history"])
         self.history.checkpoint = self.path
         self.history.stopped_early = state["stopped_early"]
@@ -302,6 +305,7 @@ class _Run:
             "history": st.plain_records(self.history.records),
             "stopped_early": self.history.stopped_early,
             "run": self._run_facts(),
+            "zero_grads": sorted(self.zeroed),
         }
 
     def train(self, start: rs.Position, epochs: int, callbacks: list, progress: bool) -> History:
@@ -390,7 +394,7 @@ class _Run:
         try:
             result = svi_step(self.elbo, self.stepper, self.model, self.guide, batch,
                               self.clip_norm, self.dist, self.full_data,
-                              lambda: self.interrupt.requested)  # fmt: skip
+                              lambda: self.interrupt.requested, self.zeroed)  # fmt: skip
         except ValueError as e:  # Pyro's validation of distribution parameters and values
             kind = error_kind(e)
             if kind is None:

@@ -7,8 +7,10 @@ of this run's parameters in Pyro's param store, by name), ``optim`` (the optimiz
 states, those at the start of the epoch, and the ELBO's own state, ``elbo.state_dict()``:
 baselines), ``epoch``/``step``/``partial_loss`` (where the run stands), ``history``,
 ``stopped_early`` and ``run`` (the seed, data size, batch size and number of ranks it needs
-again). Each tensor is saved once, by its owner: a parameter of the ELBO's state that is also in
-the param store (a neural baseline the ELBO registered) goes with the ELBO.
+again), and ``zero_grads`` (the parameters whose gradient ``SVI.step`` would hold as zeros:
+:func:`~pyro_reparam.train.step.svi_step`). Each tensor is saved once, by its owner: a
+parameter of the ELBO's state that is also in the param store (a neural baseline the ELBO
+registered) goes with the ELBO.
 """
 
 from __future__ import annotations

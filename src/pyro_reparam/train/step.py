@@ -6,7 +6,8 @@ with the parameters in the order of their names, finiteness checks of the loss, 
 Per-step costs kept small (``benchmarks/fit_overhead.py``): each finiteness check is one fused
 max-abs over all tensors and one device sync (the names are looked up only on failure); the
 optimizer steps all parameters in one call (:mod:`~pyro_reparam.train.fused`); gradients are
-reset to ``None`` rather than to fresh zeros; an ELBO that knows its parameters
+reset to ``None`` rather than to fresh zeros (a parameter the next backward misses gets its
+zeros then, as under ``SVI``); an ELBO that knows its parameters
 (``step_params(model, guide, *batch)``, :func:`direct_params`) is not traced for them."""
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ class Step:
 
 
 def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | None,
-             dist: Distributed | None, average: bool,
-             requested: Callable[[], bool]) -> Step:  # fmt: skip
+             dist: Distributed | None, average: bool, requested: Callable[[], bool],
+             zeroed: set[str]) -> Step:  # fmt: skip
     """One step; under ``dist`` the ranks agree on its outcome (see
     :mod:`~pyro_reparam.train.distributed`); ``average``: how their gradients combine;
     ``requested()``: whether a stop was asked for, read after the step's own computation so
-    that a signal landing inside the step stops the run after it on every rank."""
+    that a signal landing inside the step stops the run after it on every rank.
+
+    ``zeroed``: the parameters that had a gradient at an earlier step (updated here). Pyro's
+    ``SVI.step`` resets gradients to zero tensors, so such a parameter that this step's
+    backward does not reach is still handed to the optimizer with a zero gradient (Adam's
+    moments move it); the step gives it that zero gradient, and resets every gradient to
+    ``None`` otherwise (no zeros allocated for the others)."""
     named = direct_params(elbo, model, guide, batch)
     try:
         if named is None:
@@ -57,8 +64,12 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
         if dist is not None:  # tell the other ranks, which would wait for this one
             dist.exchange(math.nan, ["failed"], requested(), failed=True)
         raise
+    for n, p in named:
+        if p.grad is None and n in zeroed:
+            p.grad = torch.zeros_like(p)
     names = tuple(n for n, _ in named)
     grads = [(n, p) for n, p in named if p.grad is not None]
+    zeroed.update(n for n, _ in grads)
     interrupted = requested()
     try:
         if dist is not None:
@@ -82,7 +93,7 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
         bad = nonfinite([(n, p.detach()) for n, p in named])
         return Step(loss, names, "parameter", tuple(bad), interrupted)
     finally:
-        for _, p in named:  # as SVI's zero_grads, without allocating zeros
+        for _, p in named:  # SVI's zero_grads, the zeros given only where used (above)
             p.grad = None
 
 

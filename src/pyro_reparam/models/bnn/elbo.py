@@ -174,24 +174,30 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         warn_if_nan(value, "loss")
         return value
 
-    def _traced(self) -> HandledTraceMeanField_ELBO:
-        return traced_elbo(self.estimator, self.num_particles)
+    def _traced(self, how: str, model, guide, args, kwargs):
+        """The traced ELBO's ``how`` on the handed pair, with this ELBO's ``num_data`` when the
+        call has none and the pair is the network's own (which takes it)."""
+        own = getattr(model, "__self__", None) is self.bnn
+        if self.num_data is not None and own and "num_data" not in kwargs and len(args) < 3:
+            kwargs = {**kwargs, "num_data": self.num_data}
+        elbo = traced_elbo(self.estimator, self.num_particles)
+        return getattr(elbo, how)(model, guide, *args, **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         loss = self._differentiable_loss(*args, **kwargs)
         if self._validated(loss) is None:
-            return self._traced().differentiable_loss(model, guide, *args, **kwargs)
+            return self._traced("differentiable_loss", model, guide, args, kwargs)
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
             value = self._validated(self._differentiable_loss(*args, **kwargs))
-        return self._traced().loss(model, guide, *args, **kwargs) if value is None else value
+        return self._traced("loss", model, guide, args, kwargs) if value is None else value
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self._differentiable_loss(*args, **kwargs)
         value = self._validated(loss)
         if value is None:
-            return self._traced().loss_and_grads(model, guide, *args, **kwargs)
+            return self._traced("loss_and_grads", model, guide, args, kwargs)
         loss.backward()
         return value
