@@ -39,12 +39,17 @@ def _grads(params, step, missing=()):
             p.grad = None
 
 
-def _run(optim, stepper, steps=6, missing=()):
+def _stored_params():
+    """Fresh parameters in an empty store (PyroOptim names them through it)."""
     pyro.clear_param_store()
     params = _params()
-    for i, p in enumerate(params):  # PyroOptim names the parameters through the store
+    for i, p in enumerate(params):
         pyro.get_param_store()[f"p{i}"] = p
-    params = [pyro.get_param_store()[f"p{i}"].unconstrained() for i in range(len(params))]
+    return [pyro.get_param_store()[f"p{i}"].unconstrained() for i in range(len(params))]
+
+
+def _run(optim, stepper, steps=6, missing=()):
+    params = _stored_params()
     step = stepper(optim) if stepper else optim
     for t in range(steps):
         _grads(params, t, missing)
@@ -107,10 +112,7 @@ def test_different_hyperparameters_or_schedulers_step_as_pyro_does():
 def test_an_lr_changed_between_steps_is_applied():
     ref = pyro.optim.ClippedAdam({"lr": 0.05})
     stepper = FusedStep(ref)
-    pyro.clear_param_store()
-    params = _params()
-    for i, p in enumerate(params):
-        pyro.get_param_store()[f"p{i}"] = p
+    params = _stored_params()
     for t in range(3):
         _grads(params, t)
         if t == 2:
@@ -125,10 +127,7 @@ def test_a_hook_on_a_parameters_optimizer_runs_as_pyro_runs_it():
     calls = []
     optim = pyro.optim.Adam({"lr": 0.05})
     stepper = FusedStep(optim)
-    pyro.clear_param_store()
-    params = _params()
-    for i, p in enumerate(params):
-        pyro.get_param_store()[f"p{i}"] = p
+    params = _stored_params()
     _grads(params, 0)
     stepper(params)  # Pyro makes the per-parameter optimizers
     optim.optim_objs[params[0]].register_step_pre_hook(lambda *_: calls.append(1))
