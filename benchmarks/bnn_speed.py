@@ -39,9 +39,8 @@ from sklearn.datasets import load_diabetes
 import pyro_reparam as pr
 from benchmarks.bnn_uci import PyroMLP, train_test
 from benchmarks.report import write
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import ratio_table
 from pyro_reparam.models import BayesianMLP
-from pyro_reparam.tables import format_table
 
 BATCH, LR, HIDDEN, REPEATS = 32, 0.01, 50, 9
 REFERENCE = "hand-written PyTorch Bayes by backprop (reference)"
@@ -134,16 +133,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "BayesianMLP.fit, elbo(traced=True)": lambda: _plugin(x, y, epochs, device, True),
         "Pyro: PyroModule + AutoNormal + Trace_ELBO, pr.fit": lambda: _pyro(x, y, epochs, device),
     }
-    for fn in configs.values():  # warm up (imports, allocator, first-call paths)
-        fn()
     repeats = 2 if quick else REPEATS
-    medians = interleaved_medians(configs, repeats, epochs)
-    base = medians[REFERENCE]
-    table, rows = {}, []
-    for name, med in medians.items():
-        table[name] = {"seconds_per_epoch": med, "ratio_to_reference": med / base}
-        rows.append([name, f"{med * 1e3:.2f} ms", f"{med / base:.2f}x"])
-    text = format_table(["training loop", "per epoch (median)", "time / reference"], rows)
+    table, text = ratio_table(configs, REFERENCE, repeats, epochs, "epoch", "training loop")
     log(text)
     summary = {"device": device, "epochs": epochs, "batch_size": BATCH, "steps_per_epoch": steps,
                "repeats": repeats, "threads": 1, "quick": quick, "results": table}  # fmt: skip

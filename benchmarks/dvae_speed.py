@@ -28,10 +28,9 @@ from torch import nn
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import ratio_table
 from pyro_reparam.apps.data import load_digits
 from pyro_reparam.models import DiscreteVAE
-from pyro_reparam.tables import format_table
 
 BATCH, K, LR, LATENTS, HIDDEN, REPEATS = 128, 4, 1e-3, 64, 200, 7
 REFERENCE = "hand-written PyTorch, same estimator (reference)"
@@ -105,16 +104,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "routed ELBO (traced), SVI.step": lambda: _svi(x, epochs, False),
         "routed ELBO (traced), pr.fit": lambda: _fit(x, epochs, False),
     }
-    for fn in configs.values():  # warm up
-        fn()
     repeats = 2 if quick else REPEATS
-    medians = interleaved_medians(configs, repeats, steps)
-    base = medians[REFERENCE]
-    table, rows = {}, []
-    for name, med in medians.items():
-        table[name] = {"seconds_per_step": med, "ratio_to_reference": med / base}
-        rows.append([name, f"{med * 1e3:.2f} ms", f"{med / base:.2f}x"])
-    text = format_table(["training loop", "per step (median)", "time / reference"], rows)
+    table, text = ratio_table(configs, REFERENCE, repeats, steps, "step", "training loop")
     log(text)
     summary = {"batch_size": BATCH, "particles": K, "steps": steps, "repeats": repeats,
                "threads": 1, "quick": quick, "results": table}  # fmt: skip

@@ -33,9 +33,8 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_reparam as pr
 from benchmarks.report import write
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import ratio_table
 from pyro_reparam.apps.data import load_digits
-from pyro_reparam.tables import format_table
 
 BATCH = 256
 REPEATS = 9
@@ -84,16 +83,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
         "pr.fit, routed ELBO (elbo=None)": lambda: _fit(x, y, epochs, 0, None),
         "pr.fit, routed ELBO, jit=True": lambda: _fit(x, y, epochs, 0, None, jit=True),
     }
-    for fn in configs.values():  # warm up
-        fn()
     repeats = 2 if quick else REPEATS
-    medians = interleaved_medians(configs, repeats, steps)
-    base = medians[REFERENCE]
-    table, rows = {}, []
-    for name, med in medians.items():
-        table[name] = {"seconds_per_step": med, "ratio_to_reference": med / base}
-        rows.append([name, f"{med * 1e3:.3f} ms", f"{med / base:.2f}x"])
-    text = format_table(["loop", "per step (median)", "time / reference"], rows)
+    table, text = ratio_table(configs, REFERENCE, repeats, steps, "step", "loop", ms_digits=3)
     log(text)
     summary = {"batch_size": BATCH, "steps": steps, "repeats": repeats, "threads": 1,
                "quick": quick, "results": table}  # fmt: skip

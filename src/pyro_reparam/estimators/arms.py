@@ -51,7 +51,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 from pyro_reparam.estimators.disarm import _align, _bernoulli
-from pyro_reparam.estimators.vimco import ImportanceWeightedELBO
+from pyro_reparam.estimators.vimco import CoupledELBO
 
 _TINY = 1e-12
 
@@ -113,7 +113,7 @@ class _CopulaDraws(Messenger):
         self.sites[msg["name"]] = pd
 
 
-class ARMS_ELBO(ImportanceWeightedELBO):
+class ARMS_ELBO(CoupledELBO):
     """The ELBO with ARMS gradients (Dirichlet copula) for the logits of Bernoulli guide sites.
 
     :param int num_particles: ``n >= 2`` negatively correlated vectorized particles (``n``
@@ -125,26 +125,16 @@ class ARMS_ELBO(ImportanceWeightedELBO):
     """
 
     min_particles = 2
+    families = "Bernoulli"
 
     def __init__(self, num_particles: int = 4, max_plate_nesting: float | None = float("inf")):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            loss, _ = self._estimate(model, guide, args, kwargs, surrogate=False)
-        return loss.item()
+    def _draws(self) -> _CopulaDraws:
+        return _CopulaDraws(-self.particle_dim, self.num_particles)
 
-    def _estimate(self, model, guide, args, kwargs, surrogate=True):
-        if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
-        n = self.num_particles
-        draws = _CopulaDraws(-self.particle_dim, n)
-        guide_trace, log_w, scale = self._coupled(model, guide, args, kwargs, draws, "Bernoulli")
-        f = log_w.detach()
-        elbo = f.mean(0).sum() * scale
-        if not surrogate:
-            return -elbo, None
-        total = log_w.mean(0).sum()
+    def _site_terms(self, guide_trace, draws, f):
+        n, total = self.num_particles, 0.0
         centred = f - f.mean(0, keepdim=True)
         for name, pd in draws.sites.items():
             site = guide_trace.nodes[name]
@@ -155,4 +145,4 @@ class ARMS_ELBO(ImportanceWeightedELBO):
             df = _align(centred, logits.dim() - event, event)
             coef = df * (site["value"] - p) / ((n - 1) * (1 - c))
             total = total + (coef.detach() * logits).sum()
-        return -elbo, -total * scale
+        return total

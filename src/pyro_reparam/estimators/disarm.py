@@ -57,7 +57,7 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
-from pyro_reparam.estimators.vimco import ImportanceWeightedELBO
+from pyro_reparam.estimators.vimco import CoupledELBO
 
 
 def _bernoulli(fn):
@@ -156,7 +156,7 @@ class _AntitheticPairs(Messenger):
         self.sites[msg["name"]] = pd
 
 
-class DisARM_ELBO(ImportanceWeightedELBO):
+class DisARM_ELBO(CoupledELBO):
     """The ELBO with DisARM gradients for the logits of Bernoulli guide sites.
 
     :param int num_pairs: ``P`` antithetic pairs per step (``2P`` vectorized particles).
@@ -164,6 +164,8 @@ class DisARM_ELBO(ImportanceWeightedELBO):
 
     ``loss`` is the negative ELBO estimate, averaged over the ``2P`` particles.
     """
+
+    families = "Bernoulli / Categorical / OneHotCategorical"
 
     def __init__(self, num_pairs: int = 1, max_plate_nesting: float | None = float("inf")):
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
@@ -173,24 +175,11 @@ class DisARM_ELBO(ImportanceWeightedELBO):
         super().__init__(num_particles=2 * num_pairs, max_plate_nesting=max_plate_nesting)
         self.num_pairs = num_pairs
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            loss, _ = self._estimate(model, guide, args, kwargs, surrogate=False)
-        return loss.item()
+    def _draws(self) -> _AntitheticPairs:
+        return _AntitheticPairs(-self.particle_dim, self.num_pairs)
 
-    def _estimate(self, model, guide, args, kwargs, surrogate=True):
-        if self.max_plate_nesting == float("inf"):
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
-        pairs = _AntitheticPairs(-self.particle_dim, self.num_pairs)
-        guide_trace, log_w, scale = self._coupled(
-            model, guide, args, kwargs, pairs, "Bernoulli / Categorical / OneHotCategorical"
-        )
-        f = log_w.detach()
-        elbo = f.mean(0).sum() * scale
-        if not surrogate:
-            return -elbo, None
-        total = log_w.mean(0).sum()
-        p = self.num_pairs
+    def _site_terms(self, guide_trace, pairs, f):
+        p, total = self.num_pairs, 0.0
         for name, pd in pairs.sites.items():
             site = guide_trace.nodes[name]
             if name in pairs.decisions:
@@ -203,7 +192,7 @@ class DisARM_ELBO(ImportanceWeightedELBO):
             df = _align(f[:p] - f[p:], logits.dim() - event, event)
             coef = 0.5 * df * (1 - 2 * b_anti) * (b != b_anti) * torch.sigmoid(logits.abs())
             total = total + (coef.detach() * logits).sum() / p
-        return -elbo, -total * scale
+        return total
 
 
 def _categorical_term(site, pd, p, f, decisions):

@@ -300,6 +300,46 @@ class ImportanceWeightedELBO(SurrogateELBO):
         raise NotImplementedError
 
 
+class CoupledELBO(ImportanceWeightedELBO):
+    """Base of the ELBOs whose ``K`` particles are coupled draws of the score-function sites
+    (DisARM's antithetic pairs, ARMS's copula): ``loss`` is the negative ELBO averaged over the
+    particles, ``-(1/K) sum_k f_k`` summed over the data (not the IWAE bound), and the surrogate
+    is ``(1/K) sum_k log w_k`` (pathwise terms, the coupled sites' ``log q`` detached) plus
+    each coupled site's term, ``sum coef * logits`` with ``coef`` stopped.
+
+    Subclasses give :attr:`families` (for the refusal of other sites), :meth:`_draws` (the
+    sampling handler) and :meth:`_site_terms`."""
+
+    families = ""
+
+    def _draws(self) -> Messenger:
+        """A fresh handler that samples the coupled sites (its ``sites``: name -> particle
+        dim of the value)."""
+        raise NotImplementedError
+
+    def _site_terms(self, guide_trace, draws, f: torch.Tensor) -> torch.Tensor:
+        """The coupled sites' surrogate terms given the detached log-weights ``f`` (K first)."""
+        raise NotImplementedError
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            loss, _ = self._estimate(model, guide, args, kwargs, surrogate=False)
+        return loss.item()
+
+    def _estimate(self, model, guide, args, kwargs, surrogate=True):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        draws = self._draws()
+        guide_trace, log_w, scale = self._coupled(model, guide, args, kwargs, draws,
+                                                  self.families)  # fmt: skip
+        f = log_w.detach()
+        elbo = f.mean(0).sum() * scale
+        if not surrogate:
+            return -elbo, None
+        total = log_w.mean(0).sum() + self._site_terms(guide_trace, draws, f)
+        return -elbo, -total * scale
+
+
 class VIMCO_ELBO(ImportanceWeightedELBO):
     """The IWAE bound with VIMCO's leave-one-out control variates (see the module docstring).
 
