@@ -30,7 +30,7 @@ import torch
 
 from pyro_reparam.estimators.surrogate import SurrogateELBO
 from pyro_reparam.models.nets import check_rows
-from pyro_reparam.models.registration import Named, must_register, stored
+from pyro_reparam.models.registration import Named, Registration
 
 if TYPE_CHECKING:
     from pyro_reparam.models.discrete_vae import DiscreteVAE
@@ -55,6 +55,7 @@ class DiscreteVAEELBO(SurrogateELBO):
         super().__init__(num_particles=num_particles, vectorize_particles=True,
                          max_plate_nesting=2)  # fmt: skip
         self.dvae = dvae
+        self._registration = Registration(dvae.param_entries)
         self._traced: dict[tuple, object] = {}
 
     # -- the pair it computes directly, and the fallback for any other -------------------------
@@ -76,7 +77,7 @@ class DiscreteVAEELBO(SurrogateELBO):
         """The parameters a step on ``(model, guide)`` trains, ``(param-store name, tensor)``
         in name order, when the step is the direct one and the store already holds them
         (:mod:`~pyro_reparam.models.registration`); ``None``: trace the step for them."""
-        return stored(self.dvae.param_entries()) if self._direct(model, guide) else None
+        return self._registration.step_params() if self._direct(model, guide) else None
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         if not self._direct(model, guide):
@@ -107,7 +108,7 @@ class DiscreteVAEELBO(SurrogateELBO):
         """``(loss, surrogate loss)`` on the batch ``x`` (see the module docstring)."""
         d, k = self.dvae, self.num_particles
         check_rows(x, d.x_dim, "DiscreteVAE")
-        if must_register(d.param_entries()):
+        if self._registration.must_register():
             d._register_guide()  # the guide's registration, then the model's, as a step traces
             d._register_model()
         batch = x.shape[0]

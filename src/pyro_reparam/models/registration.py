@@ -11,6 +11,8 @@ loads no state), so a step outside any Pyro handler may skip them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import torch
 from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
@@ -43,3 +45,30 @@ def must_register(named: Named) -> bool:
     """Whether a step has to make its ``pyro.module`` / ``pyro.param`` calls: under any Pyro
     handler (``SVI.step`` collects the parameters from them), or while :func:`stored` fails."""
     return bool(_PYRO_STACK) or stored(named) is None
+
+
+class Registration:
+    """:func:`stored` and :func:`must_register` for one network's ``entries()``, listed once per
+    step of :func:`pyro_reparam.train.fit`: its ``step_params`` call (:meth:`step_params`) lists
+    them, and the loss evaluation that follows on the same batch (:meth:`must_register`) checks
+    the store against that list instead of listing the network's parameters again. Anything
+    else (a loss evaluated without a ``step_params`` call before it, as ``SVI`` does) lists
+    them."""
+
+    def __init__(self, entries: Callable[[], Named]):
+        self.entries = entries
+        self._listed: Named | None = None
+
+    def step_params(self) -> Named | None:
+        """:func:`stored` of the entries, remembered for the next :meth:`must_register`."""
+        self._listed = stored(self.entries())
+        return self._listed
+
+    def must_register(self) -> bool:
+        """:func:`must_register` of the entries, listed by the step's :meth:`step_params` when
+        it came just before."""
+        listed, self._listed = self._listed, None
+        if _PYRO_STACK or listed is None:
+            return must_register(self.entries())
+        held = pyro.get_param_store()._params
+        return any(held.get(n) is not p for n, p in listed)

@@ -32,7 +32,7 @@ from pyro.util import warn_if_nan
 from pyro_reparam.estimators import DReG_ELBO
 from pyro_reparam.models import vae_estimators as est
 from pyro_reparam.models.nets import check_rows
-from pyro_reparam.models.registration import Named, must_register, stored
+from pyro_reparam.models.registration import Named, Registration
 from pyro_reparam.models.vae import VAE
 
 Estimate = Callable[[VAE, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -71,6 +71,7 @@ class _FastVAE:
             )
         super().__init__(**kwargs)
         self.vae = vae
+        self._registration = Registration(vae.param_entries)
 
     def _own(self, model, guide, args, kwargs) -> bool:
         """Whether this call is the VAE's own pair on ``(x,)`` with nothing but param captures."""
@@ -93,7 +94,7 @@ class _FastVAE:
         check_rows(x, vae.x_dim, "VAE")
         checked = is_validation_enabled()
         ok = in_support(vae.likelihood, x) if checked else None  # read with the loss: one sync
-        if must_register(vae.param_entries()):
+        if self._registration.must_register():
             vae.register_guide_params()
             vae.register_model_params()
         loss, surrogate = type(self).estimate(vae, x, self.num_particles)
@@ -110,7 +111,7 @@ class _FastVAE:
         (trace the step for them, as ``SVI.step`` does)."""
         if not self._own(model, guide, args, kwargs):
             return None
-        return stored(self.vae.param_entries())
+        return self._registration.step_params()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """The negative ELBO estimate (no gradients)."""

@@ -89,7 +89,7 @@ def svi_step(elbo: ELBO, optim, model, guide, batch: tuple, clip_norm: float | N
             torch.nn.utils.clip_grad_norm_([p for _, p in grads], clip_norm)
         params = [p for _, p in named]
         optim(params)
-        if all_finite([p.detach() for p in params]):
+        if all_finite(params):
             return Step(loss, names, None, (), interrupted)
         bad = nonfinite([(n, p.detach()) for n, p in named])
         return Step(loss, names, "parameter", tuple(bad), interrupted)

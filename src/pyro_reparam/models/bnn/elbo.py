@@ -9,9 +9,10 @@ implementations:
   ``model``/``guide``, evaluated under the estimator's effect handler
   (:class:`~pyro_reparam.estimators.LocalReparameterization`,
   :class:`~pyro_reparam.estimators.Flipout`).
-* :class:`BayesianMLPELBO`: the same estimator computed directly from the module with the
-  handlers' own functions (:func:`~pyro_reparam.estimators.local_reparam.local_linear`,
-  :func:`~pyro_reparam.estimators.flipout.flipout_linear`), without Pyro's per-step tracing.
+* :class:`BayesianMLPELBO`: the same estimator computed directly from the module, without
+  Pyro's per-step tracing: the closed-form KL and each local-reparameterization layer as one
+  autograd node with its gradient written out (:mod:`~pyro_reparam.models.bnn.kernels`), Flipout
+  with the handler's own function (:func:`~pyro_reparam.estimators.flipout.flipout_linear`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from torch.distributions.utils import _standard_normal
 from pyro_reparam.estimators import Flipout, LocalReparameterization
 from pyro_reparam.estimators.flipout import flipout_linear
 from pyro_reparam.estimators.local_reparam import local_linear
-from pyro_reparam.models.registration import Named, module_params, must_register, stored
+from pyro_reparam.models.bnn.kernels import LocalLinear, NormalKL
+from pyro_reparam.models.registration import Named, Registration
 
 if TYPE_CHECKING:
     from pyro_reparam.models.bnn.network import BayesianMLP
@@ -43,6 +45,7 @@ HANDLERS: dict[str, Callable[[], Messenger] | None] = {
     "local": LocalReparameterization,
     "flipout": Flipout,
 }
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _LAYER_OPS = {"local": local_linear, "flipout": flipout_linear}
 
 
@@ -100,7 +103,48 @@ def log_likelihood_draw(bnn: BayesianMLP, x, y, estimator: str, q=None) -> torch
     else:
         op = _LAYER_OPS[estimator]
         f = bnn._network(x, [partial(op, **p) for p in q])
+    return _log_likelihood_sum(bnn, f, y)
+
+
+def _layer_tensors(bnn: BayesianMLP) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer ``(loc, raw, scale, bias_loc, bias_raw, bias_scale)``, the scales
+    ``softplus(raw)`` without gradient: the inputs of :mod:`~pyro_reparam.models.bnn.kernels`."""
+    lists = (bnn.locs, bnn.raw_scales, bnn.bias_locs, bnn.bias_raw_scales)
+    # a ParameterList's entries in order, without its per-index attribute lookups
+    locs, raws, bias_locs, bias_raws = (list(pl._parameters.values()) for pl in lists)
+    with torch.no_grad():
+        scales = [torch.nn.functional.softplus(r) for r in raws + bias_raws]
+    n = len(locs)
+    return list(zip(locs, raws, scales[:n], bias_locs, bias_raws, scales[n:], strict=True))
+
+
+def _flat_priors(bnn: BayesianMLP) -> list[float]:
+    """The prior scale of each weight and bias tensor, in :func:`_layer_tensors`' order."""
+    return [s for pair in bnn._prior_floats() for s in pair]
+
+
+def _local_log_likelihood_draw(bnn: BayesianMLP, x, y, layers) -> torch.Tensor:
+    """:func:`log_likelihood_draw` under ``"local"`` for inputs ``x (B, in)``, each layer one
+    :class:`~pyro_reparam.models.bnn.kernels.LocalLinear` node."""
+    f = bnn._network(x, [partial(_local_layer, tensors=t) for t in layers])
+    return _log_likelihood_sum(bnn, f, y)
+
+
+def _log_likelihood_sum(bnn: BayesianMLP, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sum_batch log p(y | f)`` from the raw outputs ``f``. The heteroscedastic Normal written
+    out, ``-1/2 sum z^2 - sum log sigma - n log sqrt(2 pi)`` with ``z = (y - mu) / sigma``
+    (Normal's ``log_prob`` without building the distribution), where ``y`` has the shape of
+    ``mu``; otherwise the likelihood's ``log_prob``."""
+    if bnn.task == "regression" and bnn.noise == "heteroscedastic":
+        loc, scale = bnn._normal_outputs(f)
+        if y.shape == loc.shape:
+            z = (y - loc) / scale
+            return -0.5 * z.square().sum() - scale.log().sum() - z.numel() * _LOG_SQRT_2PI
     return bnn._likelihood(bnn._mean_output(f), validate=False).log_prob(y).sum()
+
+
+def _local_layer(h: torch.Tensor, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return LocalLinear.apply(h, *tensors)
 
 
 def _normal_draw(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -115,13 +159,14 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
     closed form and the likelihood term drawn by :func:`log_likelihood_draw` under
     ``estimator`` (default: the network's ``guide`` option at construction). Objective and
     gradient estimator are those of :func:`traced_elbo` on ``bnn.model``/``bnn.guide``
-    (checked in expectation and gradient by the tests); what is skipped is Pyro's per-step
-    tracing of every weight site, which dominates the step time of a small network. It plugs
-    into ``SVI`` like any ELBO; the ``model``/``guide`` handed to ``loss``/``loss_and_grads``
-    must be the network's own (they are not run, the network is), called as ``(x, y)`` or
-    ``(x, y, num_data=N)``; ``num_data`` given here applies when the call has none. With
-    Pyro's validation on, a step whose loss is not finite is handed to the traced ELBO on that
-    ``model``/``guide``, so that a NaN target raises Pyro's error for site ``"y"``.
+    (checked in value and gradient under the same noise by the tests); what is skipped is
+    Pyro's per-step tracing of every weight site, which dominates the step time of a small
+    network, and most of autograd's per-node work (:mod:`~pyro_reparam.models.bnn.kernels`).
+    It plugs into ``SVI`` like any ELBO; the ``model``/``guide`` handed to ``loss`` /
+    ``loss_and_grads`` must be the network's own (they are not run, the network is), called as
+    ``(x, y)`` or ``(x, y, num_data=N)``; ``num_data`` given here applies when the call has
+    none. With Pyro's validation on, a step whose loss is not finite is handed to the traced
+    ELBO on that ``model``/``guide``, so that a NaN target raises Pyro's error for site ``"y"``.
     """
 
     def __init__(
@@ -133,6 +178,7 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
     ):
         super().__init__(num_particles=num_particles)
         self.bnn, self.num_data = bnn, num_data
+        self._registration = Registration(bnn.param_entries)
         self.estimator = bnn.guide_kind if estimator is None else estimator
         if self.estimator not in HANDLERS:
             raise ValueError(
@@ -144,15 +190,20 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         num_data = self.num_data if num_data is None else num_data
         if y is None:
             raise ValueError("BayesianMLPELBO: the ELBO needs the observed targets y")
-        if must_register(module_params(self.bnn.name, self.bnn)):
+        if self._registration.must_register():
             pyro.module(self.bnn.name, self.bnn)  # SVI collects the parameters from here
         scale = 1.0 if num_data is None else num_data / x.shape[0]
         bnn, k = self.bnn, self.num_particles
-        q = [bnn._q_params(l) for l in range(len(bnn.sizes) - 1)]  # once for KL and draws
-        kl = bnn._kl(q)
-        log_lik = log_likelihood_draw(bnn, x, y, self.estimator, q)
+        layers = _layer_tensors(bnn)
+        kl = NormalKL.apply(_flat_priors(bnn), *[t for layer in layers for t in layer])
+        if self.estimator == "local" and x.dim() == 2:
+            draw = partial(_local_log_likelihood_draw, bnn, x, y, layers)
+        else:
+            q = [bnn._q_params(l) for l in range(len(bnn.sizes) - 1)]  # once for all draws
+            draw = partial(log_likelihood_draw, bnn, x, y, self.estimator, q)
+        log_lik = draw()
         for _ in range(k - 1):
-            log_lik = log_lik + log_likelihood_draw(bnn, x, y, self.estimator, q)
+            log_lik = log_lik + draw()
         return kl - (scale / k) * log_lik
 
     def step_params(self, model=None, guide=None, *args, **kwargs) -> Named | None:
@@ -162,7 +213,7 @@ class BayesianMLPELBO(TraceMeanField_ELBO):
         steps with these instead of tracing the step for its parameters; the step then
         registers nothing (it calls ``pyro.module`` only under a Pyro handler, as
         ``pyro.infer.SVI`` runs it, or while the store lacks them)."""
-        return stored(module_params(self.bnn.name, self.bnn))
+        return self._registration.step_params()
 
     def _validated(self, loss: torch.Tensor) -> float | None:
         """``loss.item()``, or ``None`` where Pyro's validation should speak: with it on (Pyro's

@@ -21,6 +21,7 @@ from pyro_reparam.models.bnn.fitting import FittingMixin
 from pyro_reparam.models.bnn.nngp import PriorScales, fit_prior_scales
 from pyro_reparam.models.bnn.prediction import PredictionMixin
 from pyro_reparam.models.nets import ACTIVATIONS
+from pyro_reparam.models.registration import module_params
 from pyro_reparam.routing import RoutingPlan, route
 
 TASKS = ("regression", "classification")
@@ -195,6 +196,10 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
         w = dist.Normal(p["weight_loc"], p["weight_scale"]).to_event(2)
         return w, dist.Normal(p["bias_loc"], p["bias_scale"]).to_event(1)
 
+    def param_entries(self) -> list[tuple[str, torch.Tensor]]:
+        """``(param-store name, tensor)`` of what ``pyro.module(self.name, self)`` registers."""
+        return module_params(self.name, self)
+
     def elbo(self, num_particles: int = 1, *, num_data: int | None = None,
              traced: bool = False) -> ELBO:  # fmt: skip
         """The ELBO under the ``guide`` estimator: closed-form KL, Monte Carlo likelihood.
@@ -245,15 +250,23 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
             return dist.Categorical(logits=f)
         checks = {} if validate is not False else {"validate_args": False}
         if self.noise == "heteroscedastic":
-            loc = f[..., : self.out_features]
-            scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
+            loc, scale = self._normal_outputs(f)
             if self.out_features == 1:
-                return dist.Normal(loc.squeeze(-1), scale.squeeze(-1), **checks)
+                return dist.Normal(loc, scale, **checks)
             return dist.Normal(loc, scale, **checks).to_event(1)
         noise = self.log_noise.exp()
         if self.out_features == 1:
             return dist.Normal(f, noise, **checks)
         return dist.Normal(f, noise, **checks).to_event(1)
+
+    def _normal_outputs(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heteroscedastic Normal's ``(loc, scale)`` from raw outputs ``f (..., B, 2 out)``:
+        ``scale = softplus(f_2) + 1e-3``; ``(..., B)`` each for a single output."""
+        loc = f[..., : self.out_features]
+        scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
+        if self.out_features == 1:
+            return loc.squeeze(-1), scale.squeeze(-1)
+        return loc, scale
 
     def _unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Flat parameter vectors ``(S, P)`` -> ``(W (S, out, in), b (S, out))`` per layer (the
