@@ -3,13 +3,13 @@
 with the parameters in the order of their names, finiteness checks of the loss, the gradients
 (optionally clipped) and the updated parameters, and the data-parallel reduction.
 
-Per-step costs kept small (``benchmarks/fit_overhead.py``): each finiteness check is one fused
-2-norm over all tensors and one device sync (:mod:`~pyro_reparam.train.finite`; the names are
-looked up only on failure); the optimizer steps all parameters in one call
-(:mod:`~pyro_reparam.train.fused`); gradients are reset to ``None`` rather than to fresh zeros
-(a parameter the next backward misses gets its zeros then, as under ``SVI``); an ELBO that
-knows its parameters (``step_params(model, guide, *batch)``, :func:`direct_params`) is not
-traced for them."""
+Per-step costs kept small (``benchmarks/fit_overhead.py``): each finiteness check is one
+reduction per tensor (sums, or one fused 2-norm call for many small tensors) and one device
+sync (:mod:`~pyro_reparam.train.finite`; the names are looked up only on failure); the
+optimizer steps all parameters in one call (:mod:`~pyro_reparam.train.fused`); gradients are
+reset to ``None`` rather than to fresh zeros (a parameter the next backward misses gets its
+zeros then, as under ``SVI``); an ELBO that knows its parameters (``step_params(model, guide,
+*batch)``, :func:`direct_params`) is not traced for them."""
 
 from __future__ import annotations
 
