@@ -33,19 +33,23 @@ class FixedNoise:
         return self.randint(low, high, size, generator=self.g, **kwargs)
 
 
-def _toy(n=24):
+def _toy(n=24, outputs=1):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, generator=g)
-    return x, torch.sin(x[:, 0]) + 0.1 * torch.randn(n, generator=g)
+    y = torch.sin(x[:, :outputs]) + 0.1 * torch.randn(n, outputs, generator=g)
+    return x, y.squeeze(-1) if outputs == 1 else y
 
 
+@pytest.mark.parametrize("outputs", [1, 2])
 @pytest.mark.parametrize("noise", ["heteroscedastic", "homoscedastic"])
 @pytest.mark.parametrize("guide", ["meanfield", "local", "flipout"])
-def test_direct_elbo_equals_the_traced_elbo_value_and_every_gradient(guide, noise, monkeypatch):
+def test_direct_elbo_equals_the_traced_elbo_value_and_every_gradient(
+    guide, noise, outputs, monkeypatch
+):
     fixed = FixedNoise(monkeypatch)
-    x, y = _toy()
+    x, y = _toy(outputs=outputs)
     torch.manual_seed(0)
-    bnn = BayesianMLP(3, 1, (8, 6), guide=guide, noise=noise, init_scale=0.3)
+    bnn = BayesianMLP(3, outputs, (8, 6), guide=guide, noise=noise, init_scale=0.3)
     results = []
     for elbo in (bnn.elbo(traced=True), bnn.elbo()):
         pyro.set_rng_seed(3)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pyro_reparam.estimators.local_reparam import local_linear
 from pyro_reparam.models import BayesianMLP
-from pyro_reparam.models.bnn.kernels import LocalLinear, NormalKL
+from pyro_reparam.models.bnn.kernels import HeteroscedasticNormalLogLik, LocalLinear, NormalKL
 
 
 def _layer_inputs(dtype, batch=5, fan_in=4, fan_out=3, tiny_rows=0):
@@ -116,12 +116,41 @@ def test_the_network_kl_is_the_kernel_kl():
     assert NormalKL.apply(priors, *triples).item() == pytest.approx(bnn.kl(), rel=1e-6)
 
 
+def _outputs(dtype, outputs):
+    g = torch.Generator().manual_seed(4)
+    f = (2 * torch.randn(6, 2 * outputs, generator=g, dtype=dtype)).requires_grad_()
+    return f, torch.randn(6, outputs, generator=g, dtype=dtype).requires_grad_()
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_normal_log_lik_gradients_match_finite_differences(outputs):
+    f, y = _outputs(torch.float64, outputs)
+    assert torch.autograd.gradcheck(HeteroscedasticNormalLogLik.apply, (f, y))
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+def test_normal_log_lik_equals_torch_normal_log_prob(outputs):
+    f, y = _outputs(torch.float32, outputs)
+    value = HeteroscedasticNormalLogLik.apply(f, y)
+    loc, scale = f[:, :outputs], F.softplus(f[:, outputs:]) + 1e-3
+    ref = torch.distributions.Normal(loc, scale).log_prob(y).sum()
+    torch.testing.assert_close(value, ref)
+    for a, b in zip(torch.autograd.grad(value, (f, y)), torch.autograd.grad(ref, (f, y)),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+
+
 def test_the_kernels_refuse_a_second_derivative():
     """A gradient of a gradient raises (the backward passes are not differentiable) rather
     than returning a silently incomplete one."""
     x, t = _layer_inputs(torch.float64)
     y = _kernel(x, t["loc"], t["raw"], t["bias_loc"], t["bias_raw"]).pow(2).sum()
     (g,) = torch.autograd.grad(y, t["loc"], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+    f, y = _outputs(torch.float64, 1)
+    (g,) = torch.autograd.grad(HeteroscedasticNormalLogLik.apply(f, y).pow(2), f,
+                               create_graph=True)  # fmt: skip
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
     tensors, priors = _kl_inputs(torch.float64)

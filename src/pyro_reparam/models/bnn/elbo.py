@@ -34,7 +34,7 @@ from torch.distributions.utils import _standard_normal
 from pyro_reparam.estimators import Flipout, LocalReparameterization
 from pyro_reparam.estimators.flipout import flipout_linear
 from pyro_reparam.estimators.local_reparam import local_linear
-from pyro_reparam.models.bnn.kernels import LocalLinear, NormalKL
+from pyro_reparam.models.bnn.kernels import HeteroscedasticNormalLogLik, LocalLinear, NormalKL
 from pyro_reparam.models.registration import Named, Registration
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ HANDLERS: dict[str, Callable[[], Messenger] | None] = {
     "local": LocalReparameterization,
     "flipout": Flipout,
 }
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _LAYER_OPS = {"local": local_linear, "flipout": flipout_linear}
 
 
@@ -131,15 +130,13 @@ def _local_log_likelihood_draw(bnn: BayesianMLP, x, y, layers) -> torch.Tensor:
 
 
 def _log_likelihood_sum(bnn: BayesianMLP, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``sum_batch log p(y | f)`` from the raw outputs ``f``. The heteroscedastic Normal written
-    out, ``-1/2 sum z^2 - sum log sigma - n log sqrt(2 pi)`` with ``z = (y - mu) / sigma``
-    (Normal's ``log_prob`` without building the distribution), where ``y`` has the shape of
-    ``mu``; otherwise the likelihood's ``log_prob``."""
-    if bnn.task == "regression" and bnn.noise == "heteroscedastic":
-        loc, scale = bnn._normal_outputs(f)
-        if y.shape == loc.shape:
-            z = (y - loc) / scale
-            return -0.5 * z.square().sum() - scale.log().sum() - z.numel() * _LOG_SQRT_2PI
+    """``sum_batch log p(y | f)`` from the raw outputs ``f``: the heteroscedastic Normal as one
+    :class:`~pyro_reparam.models.bnn.kernels.HeteroscedasticNormalLogLik` node where ``y`` has
+    the shape of its ``loc``, otherwise the likelihood's ``log_prob``."""
+    if bnn.task == "regression" and bnn.noise == "heteroscedastic" and f.dim() == 2:
+        single = bnn.out_features == 1
+        if y.shape == (f.shape[:-1] if single else (*f.shape[:-1], bnn.out_features)):
+            return HeteroscedasticNormalLogLik.apply(f, y.unsqueeze(-1) if single else y)
     return bnn._likelihood(bnn._mean_output(f), validate=False).log_prob(y).sum()
 
 

@@ -1,11 +1,12 @@
-r"""The direct BNN ELBO's two hot spots as autograd Functions with closed-form backward passes.
+r"""The direct BNN ELBO's hot spots as autograd Functions with closed-form backward passes.
 
 On a small network each autograd node costs more than its arithmetic (``benchmarks/bnn_speed.py``:
-10-50-2 at batch 32), so a local-reparameterization layer and the KL of the mean-field guide,
-about twenty nodes each as plain torch code, are one node each here: the forward runs without
-recording, the backward is the gradient written out. Both take the softplus scales precomputed
-(``scale = softplus(raw)``, without gradient) next to the raw parameters they differentiate, so
-the softplus runs once per step for both.
+10-50-2 at batch 32), so a local-reparameterization layer, the KL of the mean-field guide and
+the heteroscedastic Normal likelihood, ten to twenty nodes each as plain torch code, are one
+node each here: the forward runs without recording, the backward is the gradient written out.
+The layer and the KL take the softplus scales precomputed (``scale = softplus(raw)``, without
+gradient) next to the raw parameters they differentiate, so the softplus runs once per step for
+both.
 
 **Local reparameterization** (Kingma, Salimans & Welling 2015) of ``y = x W^T + b`` for
 ``W ~ N(M, S^2)``, ``b ~ N(m, s^2)`` elementwise, ``x (B, in)``, ``W (out, in)``:
@@ -39,6 +40,8 @@ from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class LocalLinear(torch.autograd.Function):
@@ -105,3 +108,34 @@ class NormalKL(torch.autograd.Function):
                                 torch._foreach_mul(ctx.g_raws, g), strict=True):  # fmt: skip
             out += [g_loc, g_raw, None]
         return tuple(out)
+
+
+class HeteroscedasticNormalLogLik(torch.autograd.Function):
+    r"""``HeteroscedasticNormalLogLik.apply(f, y)``: ``sum log N(y; mu, sigma^2)`` for raw
+    outputs ``f (B, 2 o)`` split as ``mu = f[:, :o]``, ``sigma = softplus(f[:, o:]) + 1e-3``
+    (the network's heteroscedastic likelihood) and targets ``y (B, o)``. With
+    ``z = (y - mu) / sigma``:
+
+    .. math:: \log p = -\tfrac12 \sum z^2 - \sum \log\sigma - n \log\sqrt{2\pi},\quad
+              \partial_\mu = z / \sigma,\quad
+              \partial_{f_2} = \frac{z^2 - 1}{\sigma}\,\mathrm{sigmoid}(f_2).
+    """
+
+    @staticmethod
+    def forward(ctx, f, y):
+        o = f.shape[-1] // 2
+        loc, raw = f[..., :o], f[..., o:]
+        scale = torch.nn.functional.softplus(raw).add_(1e-3)
+        z = (y - loc).div_(scale)
+        flat = z.reshape(-1)
+        ctx.save_for_backward(z, scale, raw)
+        return -0.5 * torch.dot(flat, flat) - scale.log().sum() - z.numel() * _LOG_SQRT_2PI
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        z, scale, raw = ctx.saved_tensors
+        g_loc = (z / scale).mul_(g)
+        g_raw = (z * z).sub_(1).div_(scale).mul_(torch.sigmoid(raw)).mul_(g)
+        g_y = -g_loc if ctx.needs_input_grad[1] else None
+        return torch.cat([g_loc, g_raw], -1), g_y
