@@ -146,7 +146,9 @@ def route(
             raise RoutingError(f"route: pilot_draws must be >= 3, got {pilot_draws}")
     with _rng_untouched():
         plan = _plan(model, guide, args, kwargs, request)
-        if check:
+        # a ready model's own pair whose plan its direct ELBO computes needs no trial run: the
+        # plan is the one the model is built for, and the direct ELBO checks its inputs
+        if check and (select == "measure" or _direct_of(plan, model, guide) is None):
             plan = _checked(plan, model, guide, args, kwargs, request)
         if select == "measure":
             plan = select_by_measurement(
@@ -166,11 +168,9 @@ def _with_direct(plan: RoutingPlan, model, guide) -> RoutingPlan:
     their owner's ``direct_elbo(plan)`` returns an ELBO that computes exactly this plan's
     estimator from its networks, without tracing (tested equal, loss and gradients under the
     same noise), or ``None`` when the plan is not one it implements."""
-    owner = getattr(model, "__self__", None)
-    direct = getattr(owner, "direct_elbo", None)
-    if owner is None or getattr(guide, "__self__", None) is not owner or not callable(direct):
-        return plan
-    if direct(plan) is not None:
+    direct = _direct_of(plan, model, guide)
+    if direct is not None:
+        owner = model.__self__
         plan.direct = direct
         plan.notes.append(
             f"fast path: plan.elbo() is {type(owner).__name__}.direct_elbo(plan), this plan's "
@@ -178,6 +178,16 @@ def _with_direct(plan: RoutingPlan, model, guide) -> RoutingPlan:
             "plan.elbo(direct=False) builds the traced one"
         )
     return plan
+
+
+def _direct_of(plan: RoutingPlan, model, guide):
+    """The ``direct_elbo`` method of the ready model that owns both bound ``model`` and
+    ``guide``, when it implements ``plan``; else ``None``."""
+    owner = getattr(model, "__self__", None)
+    direct = getattr(owner, "direct_elbo", None)
+    if owner is None or getattr(guide, "__self__", None) is not owner or not callable(direct):
+        return None
+    return direct if direct(plan) is not None else None
 
 
 def _check_request_options(req: _Request) -> None:
