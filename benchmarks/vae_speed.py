@@ -43,6 +43,9 @@ from pyro_reparam.tables import format_table
 X_DIM, HIDDEN, LATENT, LR = 784, 400, 50, 1e-3
 HAND = "hand-written PyTorch, torch.optim.Adam"
 GOALS = {"step_256": 1.10, "step_32": 1.30, "digits_epoch": 1.30}
+"""Issue 19's goals for the step under ``SVI`` and the digits epoch through ``fit``."""
+FIT_GOAL = 1.30
+"""Issue 19's goal for ``fit`` where the fast path applies (its rows in the step tables)."""
 
 
 class HandVAE(nn.Module):
@@ -280,7 +283,8 @@ def run(out: Path, quick: bool = False, log=print) -> dict:
     for key, goal in GOALS.items():
         for name in fast[key]:
             ratio = results[key][name]["ratio_to_hand_written"]
-            goals[f"{key}, {name.strip()}"] = {"ratio": ratio, "goal": goal, "met": ratio <= goal}
+            want = FIT_GOAL if "pr.fit(" in name else goal
+            goals[f"{key}, {name.strip()}"] = {"ratio": ratio, "goal": want, "met": ratio <= want}
     lines = [f"- {k}: {g['ratio']:.3f}x (goal <= {g['goal']:.2f}x): "
              f"{'met' if g['met'] else 'NOT met'}" for k, g in goals.items()]  # fmt: skip
     log("\n".join(lines))
