@@ -10,9 +10,10 @@ implementations:
   (:class:`~pyro_reparam.estimators.LocalReparameterization`,
   :class:`~pyro_reparam.estimators.Flipout`).
 * :class:`BayesianMLPELBO`: the same estimator computed directly from the module, without
-  Pyro's per-step tracing: the closed-form KL and each local-reparameterization layer as one
-  autograd node with its gradient written out (:mod:`~pyro_reparam.models.bnn.kernels`), Flipout
-  with the handler's own function (:func:`~pyro_reparam.estimators.flipout.flipout_linear`).
+  Pyro's per-step tracing: the closed-form KL, each local-reparameterization layer of a batch
+  ``(B, in)`` and the heteroscedastic likelihood as one autograd node each, its gradient written
+  out (:mod:`~pyro_reparam.models.bnn.kernels`); Flipout with the handler's own function
+  (:func:`~pyro_reparam.estimators.flipout.flipout_linear`).
 """
 
 from __future__ import annotations

@@ -250,23 +250,15 @@ class BayesianMLP(FittingMixin, PredictionMixin, ExportMixin, nn.Module):
             return dist.Categorical(logits=f)
         checks = {} if validate is not False else {"validate_args": False}
         if self.noise == "heteroscedastic":
-            loc, scale = self._normal_outputs(f)
+            loc = f[..., : self.out_features]
+            scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
             if self.out_features == 1:
-                return dist.Normal(loc, scale, **checks)
+                return dist.Normal(loc.squeeze(-1), scale.squeeze(-1), **checks)
             return dist.Normal(loc, scale, **checks).to_event(1)
         noise = self.log_noise.exp()
         if self.out_features == 1:
             return dist.Normal(f, noise, **checks)
         return dist.Normal(f, noise, **checks).to_event(1)
-
-    def _normal_outputs(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The heteroscedastic Normal's ``(loc, scale)`` from raw outputs ``f (..., B, 2 out)``:
-        ``scale = softplus(f_2) + 1e-3``; ``(..., B)`` each for a single output."""
-        loc = f[..., : self.out_features]
-        scale = nn.functional.softplus(f[..., self.out_features :]) + 1e-3
-        if self.out_features == 1:
-            return loc.squeeze(-1), scale.squeeze(-1)
-        return loc, scale
 
     def _unflatten(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Flat parameter vectors ``(S, P)`` -> ``(W (S, out, in), b (S, out))`` per layer (the
