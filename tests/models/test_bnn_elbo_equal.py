@@ -46,10 +46,27 @@ def _toy(n=24, outputs=1):
 def test_direct_elbo_equals_the_traced_elbo_value_and_every_gradient(
     guide, noise, outputs, monkeypatch
 ):
-    fixed = FixedNoise(monkeypatch)
     x, y = _toy(outputs=outputs)
     torch.manual_seed(0)
     bnn = BayesianMLP(3, outputs, (8, 6), guide=guide, noise=noise, init_scale=0.3)
+    untrained = {"log_noise"} if noise == "heteroscedastic" else set()
+    _assert_equal_elbos(bnn, x, y, FixedNoise(monkeypatch), untrained)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("guide", ["meanfield", "local"])
+def test_direct_elbo_equals_the_traced_elbo_for_classification(guide, activation, monkeypatch):
+    x, _ = _toy()
+    y = torch.randint(0, 3, (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    bnn = BayesianMLP(3, 3, (8,), task="classification", guide=guide, activation=activation,
+                      init_scale=0.3)  # fmt: skip
+    _assert_equal_elbos(bnn, x, y, FixedNoise(monkeypatch), {"log_noise"})
+
+
+def _assert_equal_elbos(bnn, x, y, fixed, untrained):
+    """One ``loss_and_grads`` of each ELBO under the same noise: the same loss, and the same
+    gradient of every parameter but ``untrained``."""
     results = []
     for elbo in (bnn.elbo(traced=True), bnn.elbo()):
         pyro.set_rng_seed(3)
@@ -60,9 +77,7 @@ def test_direct_elbo_equals_the_traced_elbo_value_and_every_gradient(
         results.append((loss, grads))
     (traced, g_traced), (direct, g_direct) = results
     assert direct == pytest.approx(traced, rel=1e-5)
-    trained = {n for n, p in bnn.named_parameters()} - (
-        {"log_noise"} if noise == "heteroscedastic" else set()
-    )
+    trained = {n for n, _ in bnn.named_parameters()} - untrained
     assert set(g_traced) == set(g_direct) == trained
     for name, grad in g_traced.items():
         torch.testing.assert_close(g_direct[name], grad, rtol=1e-4, atol=1e-5, msg=name)
