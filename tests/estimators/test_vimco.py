@@ -159,16 +159,10 @@ def test_reparameterized_sites_match_renyi():
         torch.testing.assert_close(a, b)
 
 
-def test_conventions():
+def test_conventions(loss_agrees, svi_steps):
     elbo = VIMCO_ELBO(num_particles=3)
-    elbo.loss(local_model, local_guide, 5)  # guesses max_plate_nesting (which draws)
-    pyro.set_rng_seed(3)
-    loss = elbo.differentiable_loss(local_model, local_guide, 5)
-    pyro.set_rng_seed(3)
-    assert loss.item() == pytest.approx(elbo.loss(local_model, local_guide, 5), rel=1e-5)
-    loss.backward()
+    loss_agrees(elbo, local_model, local_guide, 5, seed=3).backward()
     assert pyro.param("a").grad is not None
     with pytest.raises(ValueError, match="num_particles"):
         VIMCO_ELBO(num_particles=1)
-    svi = pyro.infer.SVI(local_model, local_guide, pyro.optim.Adam({"lr": 0.01}), elbo)
-    assert math.isfinite(svi.step(5))
+    svi_steps(elbo, local_model, local_guide, 5)
