@@ -153,7 +153,14 @@ def gradient_variance(
         mean = sums[name] / num_draws
         var = (sq_sums[name] - num_draws * mean.pow(2)) / (num_draws - 1)
         stats[name] = ParamGradStats(mean, var.clamp(min=0.0), num_draws)
-    return GradientStats(stats, num_draws, elbo.num_particles)
+    return GradientStats(stats, num_draws, evaluations_per_draw(elbo))
+
+
+def evaluations_per_draw(elbo: ELBO) -> int:
+    """Model evaluations per gradient draw: the ELBO's ``evaluations_per_draw`` where it
+    declares one (an estimator that evaluates the model beyond its particles), else its
+    ``num_particles``."""
+    return int(getattr(elbo, "evaluations_per_draw", getattr(elbo, "num_particles", 1)))
 
 
 def _argument_stream(batches, args) -> Callable[[], tuple]:
@@ -189,13 +196,14 @@ def compare_estimators(
 ) -> dict[str, GradientStats]:
     """:func:`gradient_variance` for several estimators at an equal number of model evaluations.
 
-    An estimator with ``K`` particles gets ``evaluations // K`` draws, so each spends the same
-    compute on the measurement. ``batches`` and ``warmup`` are as in :func:`gradient_variance`.
-    ``format_comparison`` prints the result as a table.
+    An estimator with ``K`` model evaluations per draw (:func:`evaluations_per_draw`) gets
+    ``evaluations // K`` draws, so each spends the same compute on the measurement.
+    ``batches`` and ``warmup`` are as in :func:`gradient_variance`. ``format_comparison``
+    prints the result as a table.
     """
     out = {}
     for name, elbo in elbos.items():
-        draws = max(2, evaluations // elbo.num_particles)
+        draws = max(2, evaluations // evaluations_per_draw(elbo))
         out[name] = gradient_variance(
             model,
             guide,
@@ -286,7 +294,7 @@ def pilot_variance(
     return PilotStats(
         terms.mean().item(),
         (terms.std() / math.sqrt(n)).item(),
-        int(getattr(elbo, "num_particles", 1)),
+        evaluations_per_draw(elbo),
         seconds / n,
         n,
     )

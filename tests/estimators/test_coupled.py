@@ -1,6 +1,6 @@
-"""What DisARM_ELBO and ARMS_ELBO share (``CoupledELBO``): a site whose logits depend on another
-latent drawn per particle is refused, ``loss`` and ``differentiable_loss`` agree under one seed,
-and the ELBO plugs into ``SVI``."""
+"""What DisARM_ELBO, TaylorDisARM_ELBO and ARMS_ELBO share (``CoupledELBO``): a site whose
+logits depend on another latent drawn per particle is refused, ``loss`` and
+``differentiable_loss`` agree under one seed, and the ELBO plugs into ``SVI``."""
 
 import pyro
 import pyro.distributions as dist
@@ -8,10 +8,11 @@ import pytest
 import torch
 from test_disarm import guide, model
 
-from pyro_reparam.estimators import ARMS_ELBO, DisARM_ELBO
+from pyro_reparam.estimators import ARMS_ELBO, DisARM_ELBO, TaylorDisARM_ELBO
 
 CASES = {
     "DisARM": (lambda: DisARM_ELBO(num_pairs=2), "differ between the two"),
+    "TaylorDisARM": (lambda: TaylorDisARM_ELBO(num_pairs=2), "differ between the two"),
     "ARMS": (lambda: ARMS_ELBO(num_particles=3), "differ between particles"),
 }
 

@@ -50,8 +50,13 @@ def test_measure_picks_disarm_where_it_is_exact():
     assert plan["z"].variance_reduction == "disarm"
     chosen = [r for r in plan.selection if r["chosen"]]
     assert [r["estimator"] for r in chosen] == ["disarm"]
-    assert {r["estimator"] for r in plan.selection} == {"loo", "disarm", "arms"}
-    assert all(r["evaluations"] == 4 for r in plan.selection)
+    assert {r["estimator"] for r in plan.selection} == {"loo", "disarm", "arms", "taylor_disarm"}
+    # the Taylor variant fits one pair (3 evaluations) in the budget of 4; with one coordinate
+    # per datum its control variate (over the *other* coordinates) is zero, so it is exact too
+    # and the tie goes to the candidate measured first
+    assert {r["estimator"]: r["evaluations"] for r in plan.selection} == {
+        "loo": 4, "disarm": 4, "arms": 4, "taylor_disarm": 3
+    }  # fmt: skip
     text = str(plan)
     assert "measured pilot" in text and "disarm (chosen)" in text and "tr Cov x evals" in text
     loo = next(r for r in plan.selection if r["estimator"] == "loo")
@@ -101,3 +106,37 @@ def test_measure_keeps_enumeration():
     plan = pr.route(model, guide, select="measure")
     assert plan.elbo_class == "TraceEnum_ELBO"
     assert any("enumeration is exact" in n for n in plan.notes)
+
+
+L_WIDE = 16
+
+
+def wide_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(L_WIDE)).to_event(1))
+        pyro.sample("x", dist.Normal(3 * torch.tanh(0.3 * z @ torch.linspace(-1, 1, L_WIDE)), 0.6),
+                    obs=x)  # fmt: skip
+
+
+def wide_guide(x):
+    a = pyro.param("wide_a", torch.linspace(-1.0, 1.0, L_WIDE).expand(x.shape[0], -1).clone())
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Bernoulli(logits=a).to_event(1))
+
+
+def test_measure_picks_the_taylor_control_variate_where_f_is_smooth_in_many_coordinates():
+    """16 coordinates per datum through a smooth function: the midpoint Taylor control variate
+    removes most of DisARM's variance at 3 evaluations (tests/estimators/test_taylor_disarm.py),
+    so it wins on tr Cov x evaluations; the plan builds it and SVI steps with it."""
+    x = torch.randn(B) + 1.3
+    plan = pr.route(wide_model, wide_guide, x, select="measure", pilot_draws=10)
+    assert [r["estimator"] for r in plan.selection if r["chosen"]] == ["taylor_disarm"]
+    assert plan.elbo_class == "TaylorDisARM_ELBO" and plan.num_particles == 2
+    assert plan["z"].variance_reduction == "taylor_disarm"
+    text = str(plan)
+    assert "2 vectorized particles" in text and "3 model evaluations per step" in text
+    assert "taylor_disarm (chosen)" in text
+    elbo = plan.elbo()
+    assert type(elbo.inner).__name__ == "TaylorDisARM_ELBO" and elbo.evaluations_per_draw == 3
+    svi = pyro.infer.SVI(wide_model, wide_guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    assert torch.isfinite(torch.tensor(svi.step(x)))

@@ -1,6 +1,6 @@
 """Gradient estimators as objects: the score-function ELBO and its baselines, the linear-layer
 handlers (local reparameterization, Flipout), and the multi-sample and low-variance ELBOs
-(VIMCO, DReG, sticking the landing, DisARM, ARMS)."""
+(VIMCO, DReG, sticking the landing, DisARM and its midpoint Taylor control variate, ARMS)."""
 
 from pyro_reparam.estimators.arms import ARMS_ELBO
 from pyro_reparam.estimators.baselines import (
@@ -17,6 +17,7 @@ from pyro_reparam.estimators.flipout import Flipout
 from pyro_reparam.estimators.local_reparam import LocalReparameterization
 from pyro_reparam.estimators.score_elbo import BASELINES, ScoreFunctionELBO
 from pyro_reparam.estimators.stl import STL_ELBO
+from pyro_reparam.estimators.taylor_disarm import TaylorDisARM_ELBO
 from pyro_reparam.estimators.vimco import VIMCO_ELBO
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "NeuralBaseline",
     "NoBaseline",
     "ScoreFunctionELBO",
+    "TaylorDisARM_ELBO",
 ]

@@ -133,7 +133,8 @@ class ARMS_ELBO(CoupledELBO):
     def _draws(self) -> _CopulaDraws:
         return _CopulaDraws(-self.particle_dim, self.num_particles)
 
-    def _site_terms(self, guide_trace, draws, f):
+    def _site_terms(self, coupled, draws, f, run):
+        guide_trace = coupled.guide_trace
         n, total = self.num_particles, 0.0
         centred = f - f.mean(0, keepdim=True)
         for name, pd in draws.sites.items():

@@ -178,21 +178,40 @@ class DisARM_ELBO(CoupledELBO):
     def _draws(self) -> _AntitheticPairs:
         return _AntitheticPairs(-self.particle_dim, self.num_pairs)
 
-    def _site_terms(self, guide_trace, pairs, f):
+    def _site_terms(self, coupled, pairs, f, run):
+        return self._pair_terms(coupled.guide_trace, pairs, f, {})
+
+    def _pair_terms(self, guide_trace, pairs, f, control: dict) -> torch.Tensor:
+        """The surrogate terms, the learning signal ``f(b) - f(b~)`` of a Bernoulli site
+        ``name`` lowered by ``control[name]`` (of the site's value shape, ``P`` pairs first)
+        where given."""
         p, total = self.num_pairs, 0.0
         for name, pd in pairs.sites.items():
             site = guide_trace.nodes[name]
             if name in pairs.decisions:
                 total = total + _categorical_term(site, pd, p, f, pairs.decisions[name])
                 continue
-            bern, event = _bernoulli(site["fn"])
-            logits = bern.logits.narrow(pd, 0, p)
-            value = site["value"]
-            b, b_anti = value.narrow(pd, 0, p), value.narrow(pd, p, p)
+            logits, b, b_anti, event = bernoulli_pair(site, pd, p)
             df = _align(f[:p] - f[p:], logits.dim() - event, event)
-            coef = 0.5 * df * (1 - 2 * b_anti) * (b != b_anti) * torch.sigmoid(logits.abs())
+            if name in control:
+                df = df - control[name]
+            coef = 0.5 * df * pair_weight(logits, b, b_anti)
             total = total + (coef.detach() * logits).sum() / p
         return total
+
+
+def bernoulli_pair(site, pd: int, p: int):
+    """``(logits, b, b~, event_dims)`` of a Bernoulli site drawn as ``p`` antithetic pairs
+    along dim ``pd`` of its value (the logits of the first members; both members share them)."""
+    bern, event = _bernoulli(site["fn"])
+    value = site["value"]
+    return bern.logits.narrow(pd, 0, p), value.narrow(pd, 0, p), value.narrow(pd, p, p), event
+
+
+def pair_weight(logits: torch.Tensor, b: torch.Tensor, b_anti: torch.Tensor) -> torch.Tensor:
+    """DisARM's ``(-1)^{b~_i} 1[b_i != b~_i] sigma(|alpha_i|)``: it changes sign when ``u_i``
+    becomes ``1 - u_i`` (``b_i`` and ``b~_i`` swap) and is otherwise unchanged."""
+    return (1 - 2 * b_anti) * (b != b_anti) * torch.sigmoid(logits.abs())
 
 
 def _categorical_term(site, pd, p, f, decisions):

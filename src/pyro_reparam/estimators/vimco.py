@@ -46,6 +46,7 @@ included).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -147,6 +148,23 @@ def is_score_site(site) -> bool:
     return not is_identically_zero(site["score_parts"].score_function)
 
 
+class Coupled(NamedTuple):
+    """What :meth:`ImportanceWeightedELBO._coupled` returns: the pruned and the raw guide trace
+    (the raw one keeps the subsample sites), the per-datum log-weights ``log_w`` (particles at
+    dim 0), the dependent plate dims that were summed into a datum, and the sites' common
+    scale (``None`` when they differ)."""
+
+    guide_trace: object
+    raw_guide_trace: object
+    log_w: torch.Tensor
+    sum_dims: tuple
+    scale: float | None
+
+    @property
+    def common_scale(self) -> float:
+        return 1.0 if self.scale is None else self.scale
+
+
 class ImportanceWeightedELBO(SurrogateELBO):
     """Base of the importance-weighted ELBOs: vectorized particles, per-datum log-weights.
 
@@ -212,13 +230,12 @@ class ImportanceWeightedELBO(SurrogateELBO):
         )
         return (*traces, wrapped_guide)
 
-    def _coupled(self, model, guide, args, kwargs, draws, families: str):
+    def _coupled(self, model, guide, args, kwargs, draws, families: str) -> Coupled:
         """The traces under the coupling handler ``draws`` (``draws.sites``: the guide sites it
         samples), refusing any other score-function site, and the per-datum log-weights with
         those sites' guide log-densities detached (their logits' gradient is the coupled
-        estimator's alone): ``(guide_trace, log_w, scale)``, ``scale`` the sites' common
-        scale (1 when they have none)."""
-        model_trace, guide_trace, _, _ = self._traces(
+        estimator's alone); see :class:`Coupled`."""
+        model_trace, guide_trace, raw_guide_trace, _ = self._traces(
             model, guide, args, kwargs, guide_handler=draws
         )
         sum_dims, scale = self._datum_terms(model_trace, guide_trace)
@@ -236,7 +253,7 @@ class ImportanceWeightedELBO(SurrogateELBO):
                     if sign < 0 and name in draws.sites:
                         lp = lp.detach()
                     log_w = log_w + sign * self._per_datum(lp, sum_dims, scale)
-        return guide_trace, log_w, 1.0 if scale is None else scale
+        return Coupled(guide_trace, raw_guide_trace, log_w, sum_dims, scale)
 
     # -- per-datum sums ---------------------------------------------------------------------
     def _datum_terms(self, model_trace, guide_trace):
@@ -317,8 +334,10 @@ class CoupledELBO(ImportanceWeightedELBO):
         dim of the value)."""
         raise NotImplementedError
 
-    def _site_terms(self, guide_trace, draws, f: torch.Tensor) -> torch.Tensor:
-        """The coupled sites' surrogate terms given the detached log-weights ``f`` (K first)."""
+    def _site_terms(self, coupled: Coupled, draws, f: torch.Tensor, run: tuple) -> torch.Tensor:
+        """The coupled sites' surrogate terms given the detached log-weights ``f`` (K first);
+        ``run`` is ``(model, guide, args, kwargs)``, for estimators that evaluate the model
+        again."""
         raise NotImplementedError
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -330,13 +349,14 @@ class CoupledELBO(ImportanceWeightedELBO):
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         draws = self._draws()
-        guide_trace, log_w, scale = self._coupled(model, guide, args, kwargs, draws,
-                                                  self.families)  # fmt: skip
-        f = log_w.detach()
+        coupled = self._coupled(model, guide, args, kwargs, draws, self.families)
+        f = coupled.log_w.detach()
+        scale = coupled.common_scale
         elbo = f.mean(0).sum() * scale
         if not surrogate:
             return -elbo, None
-        total = log_w.mean(0).sum() + self._site_terms(guide_trace, draws, f)
+        terms = self._site_terms(coupled, draws, f, (model, guide, args, kwargs))
+        total = coupled.log_w.mean(0).sum() + terms
         return -elbo, -total * scale
 
 

@@ -21,12 +21,18 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_reparam.distributions import ScoreFunction
-from pyro_reparam.estimators import ARMS_ELBO, BASELINES, DisARM_ELBO, ScoreFunctionELBO
+from pyro_reparam.estimators import (
+    ARMS_ELBO,
+    BASELINES,
+    DisARM_ELBO,
+    ScoreFunctionELBO,
+    TaylorDisARM_ELBO,
+)
 from pyro_reparam.families import reparam_info
 from pyro_reparam.routing.plan import RoutingPlan
 from pyro_reparam.routing.rules import RoutingError, estimator_for
 
-SCORE_ELBOS = ("ScoreFunctionELBO", "DisARM_ELBO", "ARMS_ELBO")
+SCORE_ELBOS = ("ScoreFunctionELBO", "DisARM_ELBO", "ARMS_ELBO", "TaylorDisARM_ELBO")
 _FIXED = ("num_particles", "vectorize_particles", "max_plate_nesting")
 
 
@@ -44,7 +50,7 @@ def build_elbo(plan: RoutingPlan, **kwargs) -> RoutedELBO:
                 f"route again with {key}=... to change it"
             )
     extra = sorted(set(kwargs) - set(_FIXED))
-    if extra and plan.elbo_class in ("DisARM_ELBO", "ARMS_ELBO"):
+    if extra and plan.elbo_class in SCORE_ELBOS[1:]:
         raise RoutingError(
             f"plan.elbo: {plan.elbo_class} takes no {', '.join(extra)} (its options are the "
             "plan's particles and plate nesting); route again to change those, or build the "
@@ -55,6 +61,10 @@ def build_elbo(plan: RoutingPlan, **kwargs) -> RoutedELBO:
         inner = TraceEnum_ELBO(**kwargs)
     elif plan.elbo_class == "DisARM_ELBO":
         inner = DisARM_ELBO(
+            num_pairs=plan.num_particles // 2, max_plate_nesting=plan.max_plate_nesting
+        )
+    elif plan.elbo_class == "TaylorDisARM_ELBO":
+        inner = TaylorDisARM_ELBO(
             num_pairs=plan.num_particles // 2, max_plate_nesting=plan.max_plate_nesting
         )
     elif plan.elbo_class == "ARMS_ELBO":
@@ -139,6 +149,11 @@ class RoutedELBO(ELBO):
         self.inner = inner
         self.plan = plan
         self._apply = _ApplyRoute(plan)
+
+    @property
+    def evaluations_per_draw(self) -> int:
+        """Model evaluations per step: the inner ELBO's (its particles, unless it says more)."""
+        return int(getattr(self.inner, "evaluations_per_draw", self.inner.num_particles))
 
     def _guide(self, guide):
         return self._apply(guide)

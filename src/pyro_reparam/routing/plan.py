@@ -28,6 +28,8 @@ VARIANCE_REDUCTION = {
     "none": "bare score function (no baseline)",
     "disarm": "DisARM: {k} particles as antithetic pairs",
     "arms": "ARMS: {k} Dirichlet-copula draws",
+    "taylor_disarm": "DisARM with the midpoint Taylor control variate: {k} particles as "
+    "antithetic pairs, 3 model evaluations per pair",
 }
 
 
@@ -117,6 +119,8 @@ class RoutingPlan:
         parts = f"{k} {'vectorized ' if self.vectorize_particles else ''}particle"
         parts += "s" if k > 1 else ""
         line = f"ELBO: {self.elbo_class}, {parts}, max_plate_nesting={self.max_plate_nesting}"
+        if self.elbo_class == "TaylorDisARM_ELBO":  # each pair is also evaluated at its midpoint
+            line += f", {3 * k // 2} model evaluations per step"
         if self.linear:
             line += f", linear layers: {self.linear}"
         return line

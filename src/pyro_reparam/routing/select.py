@@ -1,8 +1,8 @@
 """``route(..., select="measure")``: choose the score-function estimator by a measured pilot.
 
 The cheap deterministic rule routes discrete sites to leave-one-out over 4 particles. With
-``select="measure"`` the candidates that fit the plan's score-function sites, all at the same
-number of model evaluations per step, are each drawn ``pilot_draws`` times at the current
+``select="measure"`` the candidates that fit the plan's score-function sites, each at most the
+plan's ``K`` model evaluations per step, are each drawn ``pilot_draws`` times at the current
 parameters (on the planning arguments, or on ``pilot_batches`` as in training), and the plan
 keeps the one with the lowest ``tr Cov x evaluations per draw`` (the variance of the gradient
 at an equal evaluation budget); the plan's table shows every candidate's figure, its standard
@@ -12,7 +12,10 @@ error, its seconds per draw, and why the winner won. Every candidate is unbiased
 * ``disarm``: :class:`~pyro_reparam.estimators.DisARM_ELBO` with ``K / 2`` antithetic pairs,
   when every score-function site is Bernoulli, Categorical or OneHotCategorical;
 * ``arms``: :class:`~pyro_reparam.estimators.ARMS_ELBO` with ``K`` copula draws, when every
-  score-function site is Bernoulli.
+  score-function site is Bernoulli;
+* ``taylor_disarm``: :class:`~pyro_reparam.estimators.TaylorDisARM_ELBO`, DisARM with the
+  midpoint Taylor control variate, with ``K // 3`` pairs (3 evaluations each, within the
+  budget), when every score-function site is Bernoulli and ``K >= 3``.
 
 Enumeration, where the rule chose it, has zero variance and is kept without measuring. The
 measurement is over the whole plan (all score-function sites share one ELBO), on every
@@ -26,12 +29,17 @@ from dataclasses import replace
 import pyro.distributions as dist
 import pyro.poutine as poutine
 
-from pyro_reparam.estimators import ARMS_ELBO, DisARM_ELBO
+from pyro_reparam.estimators import ARMS_ELBO, DisARM_ELBO, TaylorDisARM_ELBO
 from pyro_reparam.measure import pilot_variance
 from pyro_reparam.routing.plan import RoutingPlan
 
 SELECTIONS = ("rule", "measure")
-CANDIDATE_CLASS = {"loo": "ScoreFunctionELBO", "disarm": "DisARM_ELBO", "arms": "ARMS_ELBO"}
+CANDIDATE_CLASS = {
+    "loo": "ScoreFunctionELBO",
+    "disarm": "DisARM_ELBO",
+    "arms": "ARMS_ELBO",
+    "taylor_disarm": "TaylorDisARM_ELBO",
+}
 
 
 def _base(fn):
@@ -55,7 +63,14 @@ def candidates(plan: RoutingPlan, guide_fns: dict) -> list[str]:
         out.append("disarm")
     if all(isinstance(b, dist.Bernoulli) for b in bases):
         out.append("arms")
+        if plan.num_particles >= 3:
+            out.append("taylor_disarm")
     return out
+
+
+def particles_of(name: str, plan: RoutingPlan) -> int:
+    """The particles candidate ``name`` draws per step within the plan's budget."""
+    return 2 * (plan.num_particles // 3) if name == "taylor_disarm" else plan.num_particles
 
 
 def _elbo(name: str, plan: RoutingPlan):
@@ -64,6 +79,10 @@ def _elbo(name: str, plan: RoutingPlan):
     if name == "disarm":
         return DisARM_ELBO(
             num_pairs=plan.num_particles // 2, max_plate_nesting=plan.max_plate_nesting
+        )
+    if name == "taylor_disarm":
+        return TaylorDisARM_ELBO(
+            num_pairs=plan.num_particles // 3, max_plate_nesting=plan.max_plate_nesting
         )
     return ARMS_ELBO(num_particles=plan.num_particles, max_plate_nesting=plan.max_plate_nesting)
 
@@ -124,6 +143,7 @@ def select_by_measurement(
         plan,
         sites=sites,
         elbo_class=CANDIDATE_CLASS[best],
+        num_particles=particles_of(best, plan),
         baseline=best if best != "loo" else plan.baseline,
         selection=rows,
         notes=list(plan.notes),
