@@ -188,8 +188,15 @@ def test_cost_and_options():
     pyro.clear_param_store()
     stats = pr.gradient_variance(model, guide, elbo, 50, num_draws=3)
     assert stats.evaluations_per_draw == 6
-    with pytest.raises(ValueError, match="coefficient"):
-        TaylorDisARM_ELBO(coefficient="auto")
+    counts = pr.compare_estimators(model, guide, {"taylor": TaylorDisARM_ELBO(num_pairs=1),
+                                                 "disarm": DisARM_ELBO(num_pairs=1)},
+                                   50, evaluations=12)  # fmt: skip
+    assert (counts["taylor"].num_draws, counts["disarm"].num_draws) == (4, 6)  # equal budgets
+    for bad in ("auto", float("nan"), True):
+        with pytest.raises(ValueError, match="coefficient must be a finite number"):
+            TaylorDisARM_ELBO(coefficient=bad)
+    with pytest.raises(ValueError, match="TaylorDisARM_ELBO: num_pairs"):
+        TaylorDisARM_ELBO(num_pairs=0)
     with pytest.raises(ValueError, match="beta"):
         TaylorDisARM_ELBO(beta=1.5)
 

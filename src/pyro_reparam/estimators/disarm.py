@@ -170,7 +170,7 @@ class DisARM_ELBO(CoupledELBO):
     def __init__(self, num_pairs: int = 1, max_plate_nesting: float | None = float("inf")):
         if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
             raise ValueError(
-                f"DisARM_ELBO: num_pairs must be a positive integer, got {num_pairs!r}"
+                f"{type(self).__name__}: num_pairs must be a positive integer, got {num_pairs!r}"
             )
         super().__init__(num_particles=2 * num_pairs, max_plate_nesting=max_plate_nesting)
         self.num_pairs = num_pairs

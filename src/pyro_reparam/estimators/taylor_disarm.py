@@ -52,6 +52,7 @@ differentiably (``g = 0``).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pyro
@@ -109,10 +110,13 @@ class TaylorDisARM_ELBO(DisARM_ELBO):
     ):
         super().__init__(num_pairs=num_pairs, max_plate_nesting=max_plate_nesting)
         if coefficient is not None and (
-            isinstance(coefficient, bool) or not isinstance(coefficient, (int, float))
+            isinstance(coefficient, bool)
+            or not isinstance(coefficient, (int, float))
+            or not math.isfinite(coefficient)
         ):
             raise ValueError(
-                f"TaylorDisARM_ELBO: coefficient must be a number or None, got {coefficient!r}"
+                "TaylorDisARM_ELBO: coefficient must be a finite number, or None to estimate it "
+                f"from the earlier steps; got {coefficient!r}"
             )
         check_beta(beta, "TaylorDisARM_ELBO: beta")
         self.coefficient = coefficient

@@ -116,8 +116,8 @@ def route(
         replaced by the next one (said in the plan's notes), a requested one raises.
     :param select: ``"rule"`` (default: the cheap deterministic rule above) or ``"measure"``:
         for score-function sites, draw ``pilot_draws`` gradients of each unbiased candidate
-        at equal model evaluations (leave-one-out, DisARM, ARMS, as the sites allow) at the
-        current parameters and keep the lowest variance per evaluation; the plan's table
+        within the plan's model evaluations per step (leave-one-out, DisARM, ARMS, DisARM with
+        the midpoint Taylor control variate, as the sites allow) at the current parameters and keep the lowest variance per evaluation; the plan's table
         shows the figures (:mod:`pyro_reparam.routing.select`). ``pilot_batches``: an
         iterable of argument tuples (e.g. shuffled minibatches) to measure on instead of
         ``args``.
