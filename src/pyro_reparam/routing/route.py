@@ -117,8 +117,9 @@ def route(
     :param select: ``"rule"`` (default: the cheap deterministic rule above) or ``"measure"``:
         for score-function sites, draw ``pilot_draws`` gradients of each unbiased candidate
         within the plan's model evaluations per step (leave-one-out, DisARM, ARMS, DisARM with
-        the midpoint Taylor control variate, as the sites allow) at the current parameters and keep the lowest variance per evaluation; the plan's table
-        shows the figures (:mod:`pyro_reparam.routing.select`). ``pilot_batches``: an
+        the midpoint Taylor control variate, as the sites allow) at the current parameters
+        and keep the lowest variance per evaluation; the plan's table shows the figures
+        (:mod:`pyro_reparam.routing.select`). ``pilot_batches``: an
         iterable of argument tuples (e.g. shuffled minibatches) to measure on instead of
         ``args``.
 
