@@ -131,11 +131,16 @@ class TaylorDisARM_ELBO(DisARM_ELBO):
 
     def current_coefficient(self) -> float:
         """The ``a`` the next step uses."""
+        return float(self._coefficient())
+
+    def _coefficient(self) -> torch.Tensor | float:
+        """``a`` as a tensor once there are moments (no host sync on the step's path)."""
         if self.coefficient is not None:
             return float(self.coefficient)
-        if self._moments is None or self._moments[1] <= 0:
+        if self._moments is None:
             return 1.0
-        return (self._moments[0] / self._moments[1]).item()
+        num, den = self._moments[0], self._moments[1]
+        return torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), 1.0)
 
     # -- the estimator ------------------------------------------------------------------------
     def _site_terms(self, coupled, pairs, f, run):
@@ -153,7 +158,9 @@ class TaylorDisARM_ELBO(DisARM_ELBO):
             step = grads[name] * (b - b_anti)
             summed = step.sum(tuple(range(-event, 0))) if event else step
             lin = lin + self._per_datum(summed, coupled.sum_dims, None)
-        a = self.current_coefficient()
+        a = self._coefficient()
+        if torch.is_tensor(a):
+            a = a.to(f.dtype)
         control, num, den = {}, 0.0, 0.0
         for name, (logits, b, b_anti, event) in members.items():
             h = _align(lin, logits.dim() - event, event) - grads[name] * (b - b_anti)
