@@ -221,6 +221,7 @@ class TaylorDisARM_ELBO(DisARM_ELBO):
             if self._moments is None:
                 self._moments = torch.cat([new, new.new_ones(1)])
                 return
+            self._moments = self._moments.to(new.device)  # a state loaded on another device
             self._moments[:2].mul_(self.beta).add_((1 - self.beta) * new)
             self._moments[2] += 1
 

@@ -329,6 +329,15 @@ class CoupledELBO(ImportanceWeightedELBO):
 
     families = ""
 
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        """Pyro's guess (one run of the model and guide), on a copy of the random streams: the
+        first step then draws what it would have drawn with the nesting given, so a resumed
+        run, whose fresh ELBO guesses again, sees the draws of the uninterrupted one. (No Pyro
+        ELBO draws these coupled particles, so no draw-for-draw match is lost.)"""
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
     def _draws(self) -> Messenger:
         """A fresh handler that samples the coupled sites (its ``sites``: name -> particle
         dim of the value)."""
